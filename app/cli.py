@@ -1,0 +1,81 @@
+"""The ``productrec`` command: one entry point, one subcommand per step.
+
+Option definitions are torch-free; each subcommand's implementation is imported
+only when it runs, so ``productrec serve`` and ``--help`` work with the serving
+extra alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+
+class CommandError(Exception):
+    """A user error (bad argument, bad data): printed without a traceback, exit status 2."""
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    target: str  # "module:function", called with the parsed namespace
+    description: str = ""
+
+
+def _commands() -> list[Command]:
+    from app.cli_commands import SERVING_COMMANDS
+    from training.cli import TRAINING_COMMANDS
+
+    return [*TRAINING_COMMANDS, *SERVING_COMMANDS]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="productrec",
+        description="Product recognition: train BSCE classifiers on long-tailed, noisy data and serve them as an ensemble.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in _commands():
+        sub = subparsers.add_parser(
+            command.name,
+            help=command.help,
+            description=command.description or command.help,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        command.add_arguments(sub)
+        sub.set_defaults(target=command.target)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    module_name, function_name = args.target.split(":")
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+    except ModuleNotFoundError as exc:
+        if exc.name in ("torch", "timm", "torchvision", "onnx", "matplotlib", "tqdm"):
+            parser.exit(2, f"productrec {args.command}: needs {exc.name}; install the training extra: pip install 'productrec[train]'\n")
+        raise
+    try:
+        status = function(args)
+    except CommandError as exc:
+        parser.exit(2, f"productrec {args.command}: error: {exc}\n")
+    except KeyboardInterrupt:
+        return 130
+    return int(status or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

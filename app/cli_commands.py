@@ -1,0 +1,7 @@
+"""Option definitions of the serving subcommands (serve, score)."""
+
+from __future__ import annotations
+
+from app.cli import Command
+
+SERVING_COMMANDS: list[Command] = []

@@ -1,0 +1,164 @@
+"""The ensemble engine without HTTP: onnxruntime sessions, multi-crop TTA, member combination.
+
+Used by the service (behind its dynamic batcher), by ``productrec score`` and by
+``productrec evaluate`` on an exported repository, so all three give the same
+answers for the same images.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from app.ensemble import Ranking, Strategy, crop_average_probabilities, rank
+from app.manifest import EnsembleSpec, LoadedMember, ModelManifest, RepositoryError, load_ensemble
+from app.preprocess import PreprocessConfig, tta_crops
+
+log = logging.getLogger("productrec.inference")
+
+ProviderPreference = Literal["auto", "cuda", "cpu"]
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+class ProviderUnavailableError(RuntimeError):
+    """CUDA was required but onnxruntime could not use it."""
+
+
+def requested_providers(preference: ProviderPreference) -> list[str]:
+    """The provider list to ask onnxruntime for, given the setting and what this build offers."""
+    available = ort.get_available_providers()
+    if preference == "cpu":
+        return [CPU]
+    if CUDA in available:
+        return [CUDA, CPU]
+    if preference == "cuda":
+        raise ProviderUnavailableError(
+            f"PRODUCTREC_PROVIDER=cuda but this onnxruntime offers only {available}"
+        )
+    return [CPU]
+
+
+def create_session(
+    path: Path,
+    preference: ProviderPreference = "auto",
+    intra_op_threads: int = 0,
+    inter_op_threads: int = 0,
+) -> ort.InferenceSession:
+    """An onnxruntime session; with ``cuda`` it fails unless CUDA really is in use.
+
+    onnxruntime-gpu without a usable GPU logs an error and falls back to the
+    CPU, so the providers actually in use are read back, never assumed.
+    """
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = inter_op_threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        session = ort.InferenceSession(str(path), options, providers=requested_providers(preference))
+    except ProviderUnavailableError:
+        raise
+    except Exception as exc:  # onnxruntime raises its own exception types for bad files
+        raise RepositoryError(f"{path}: onnxruntime cannot load the model: {exc}") from exc
+    in_use = session.get_providers()
+    if preference == "cuda" and CUDA not in in_use:
+        raise ProviderUnavailableError(f"{path}: CUDA was required but onnxruntime is using {in_use}")
+    log.info("loaded %s with providers %s", path, in_use)
+    return session
+
+
+@dataclass
+class Member:
+    """One loaded ensemble member."""
+
+    manifest: ModelManifest
+    session: ort.InferenceSession
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def logits(self, crops: np.ndarray) -> np.ndarray:
+        """Run the model on ``[N, C, H, W]`` float32 crops."""
+        (output,) = self.session.run(
+            [self.manifest.output_name], {self.manifest.input_name: np.ascontiguousarray(crops, np.float32)}
+        )
+        return output
+
+
+@dataclass(frozen=True)
+class CropGroup:
+    """Members that share preprocessing, and so share crops."""
+
+    config: PreprocessConfig
+    sizes: tuple[int, ...]
+    member_indices: tuple[int, ...]
+
+
+class Ensemble:
+    """Loaded members plus the crop groups and the combination strategy."""
+
+    def __init__(self, spec: EnsembleSpec, members: Sequence[Member]) -> None:
+        self.spec = spec
+        self.members = list(members)
+        self.labels = self.members[0].manifest.labels
+        self.strategy: Strategy = spec.strategy  # type: ignore[assignment]
+
+    @classmethod
+    def load(
+        cls,
+        repository: Path,
+        preference: ProviderPreference = "auto",
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 0,
+    ) -> "Ensemble":
+        """Load and verify every member of ``repository/ensemble.json``."""
+        spec, loaded = load_ensemble(Path(repository))
+        return cls(spec, [_session_for(member, preference, intra_op_threads, inter_op_threads) for member in loaded])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def crop_groups(self, tta: bool) -> list[CropGroup]:
+        groups: dict[tuple, list[int]] = {}
+        configs: dict[tuple, PreprocessConfig] = {}
+        for index, member in enumerate(self.members):
+            config = member.manifest.preprocess
+            key = (config.key, config.sizes(tta))
+            groups.setdefault(key, []).append(index)
+            configs[key] = config
+        return [CropGroup(configs[key], key[1], tuple(indices)) for key, indices in groups.items()]
+
+    def preprocess(self, image: Image.Image, tta: bool) -> list[np.ndarray]:
+        """Crops of one decoded image, one ``[n_sizes, C, H, W]`` array per crop group."""
+        return [tta_crops(image, group.config, group.sizes) for group in self.crop_groups(tta)]
+
+    def member_probabilities(self, crops_per_image: Sequence[list[np.ndarray]], tta: bool) -> np.ndarray:
+        """``[M, B, K]`` probabilities: one model run per member over all images x crops."""
+        groups = self.crop_groups(tta)
+        probs = np.empty((len(self.members), len(crops_per_image), self.num_classes), dtype=np.float32)
+        for group_index, group in enumerate(groups):
+            batch = np.concatenate([crops[group_index] for crops in crops_per_image])
+            for member_index in group.member_indices:
+                logits = self.members[member_index].logits(batch)
+                probs[member_index] = crop_average_probabilities(logits, len(group.sizes))
+        return probs
+
+    def predict(
+        self, images: Sequence[Image.Image], top_k: int = 5, tta: bool = True, strategy: Strategy | None = None
+    ) -> tuple[np.ndarray, list[Ranking]]:
+        """Member probabilities and rankings for decoded images."""
+        crops = [self.preprocess(image, tta) for image in images]
+        probs = self.member_probabilities(crops, tta)
+        return probs, rank(probs, top_k, strategy or self.strategy)
+
+
+def _session_for(member: LoadedMember, preference: ProviderPreference, intra: int, inter: int) -> Member:
+    return Member(member.manifest, create_session(member.onnx_path, preference, intra, inter))

@@ -1,0 +1,215 @@
+"""The model repository contract: manifests and the ensemble file (standard library only).
+
+Layout::
+
+    models/
+      ensemble.json                  # {"name", "strategy", "members": [{"name", "version"}]}
+      <name>/<version>/model.onnx
+      <name>/<version>/manifest.json # ModelManifest
+
+``productrec export`` writes it; the service and ``productrec evaluate`` read it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.preprocess import PreprocessConfig
+
+MANIFEST_FILE = "manifest.json"
+ENSEMBLE_FILE = "ensemble.json"
+MODEL_FILE = "model.onnx"
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+FORMAT_VERSION = 1
+
+
+class RepositoryError(RuntimeError):
+    """The model repository is missing, corrupt or inconsistent; the message names the file."""
+
+
+@dataclass
+class LossSpec:
+    """The training loss and its hyper-parameters."""
+
+    name: str
+    alpha: float = 1.0
+    beta: float = 0.0
+    log_zero: float | None = None
+    drw_epoch: int | None = None
+
+
+@dataclass
+class ModelManifest:
+    """Everything the service needs to run one member, and how it was made."""
+
+    name: str
+    version: str
+    architecture: str
+    input_size: int
+    in_chans: int
+    mean: list[float]
+    std: list[float]
+    interpolation: str
+    tta_sizes: list[int]
+    labels: list[str]
+    class_counts: list[int]
+    loss: LossSpec
+    sha256: str
+    opset: int
+    input_name: str = INPUT_NAME
+    output_name: str = OUTPUT_NAME
+    model_file: str = MODEL_FILE
+    training_command: str = ""
+    data_fingerprint: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    train_config: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        return PreprocessConfig(
+            input_size=self.input_size,
+            in_chans=self.in_chans,
+            mean=tuple(self.mean),
+            std=tuple(self.std),
+            interpolation=self.interpolation,
+            tta_sizes=tuple(self.tta_sizes),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelManifest":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown manifest keys: {sorted(unknown)}")
+        values = dict(data)
+        values["loss"] = LossSpec(**values["loss"])
+        manifest = cls(**values)
+        if len(manifest.class_counts) not in (0, manifest.num_classes):
+            raise ValueError("class_counts and labels differ in length")
+        manifest.preprocess  # validates sizes, channels, mean/std
+        return manifest
+
+
+@dataclass
+class MemberRef:
+    name: str
+    version: str
+
+
+@dataclass
+class EnsembleSpec:
+    """Which members the service loads, and how it combines them."""
+
+    name: str
+    members: list[MemberRef]
+    strategy: str = "vote"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EnsembleSpec":
+        members = [MemberRef(**member) for member in data["members"]]
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        return cls(name=data["name"], members=members, strategy=data.get("strategy", "vote"))
+
+
+@dataclass
+class LoadedMember:
+    """A verified member: its manifest and the path of its ONNX file."""
+
+    manifest: ModelManifest
+    onnx_path: Path
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def member_dir(repository: Path, name: str, version: str) -> Path:
+    return Path(repository) / name / str(version)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise RepositoryError(f"{path}: file not found") from exc
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RepositoryError(f"{path}: cannot read JSON: {exc}") from exc
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def load_manifest(directory: Path) -> ModelManifest:
+    path = Path(directory) / MANIFEST_FILE
+    try:
+        return ModelManifest.from_dict(read_json(path))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RepositoryError(f"{path}: invalid manifest: {exc}") from exc
+
+
+def load_member(repository: Path, ref: MemberRef, verify: bool = True) -> LoadedMember:
+    """Read a member's manifest and check its ONNX file exists and matches its sha256."""
+    directory = member_dir(repository, ref.name, ref.version)
+    manifest = load_manifest(directory)
+    onnx_path = directory / manifest.model_file
+    if not onnx_path.is_file():
+        raise RepositoryError(f"{onnx_path}: model file not found")
+    if verify:
+        actual = sha256_file(onnx_path)
+        if actual != manifest.sha256:
+            raise RepositoryError(
+                f"{onnx_path}: sha256 {actual} does not match the manifest's {manifest.sha256}"
+            )
+    return LoadedMember(manifest, onnx_path)
+
+
+def load_ensemble(repository: Path, verify: bool = True) -> tuple[EnsembleSpec, list[LoadedMember]]:
+    """Read ``ensemble.json`` and every member; raise ``RepositoryError`` naming the bad file."""
+    repository = Path(repository)
+    path = repository / ENSEMBLE_FILE
+    try:
+        spec = EnsembleSpec.from_dict(read_json(path))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RepositoryError(f"{path}: invalid ensemble file: {exc}") from exc
+    members = [load_member(repository, ref, verify) for ref in spec.members]
+    labels = members[0].manifest.labels
+    for member in members[1:]:
+        if member.manifest.labels != labels:
+            raise RepositoryError(
+                f"{member.onnx_path.parent / MANIFEST_FILE}: labels differ from "
+                f"{members[0].manifest.name}'s; ensemble members must share one label space"
+            )
+    return spec, members
+
+
+def write_ensemble(repository: Path, spec: EnsembleSpec) -> Path:
+    path = Path(repository) / ENSEMBLE_FILE
+    write_json(path, spec.to_dict())
+    return path

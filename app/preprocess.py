@@ -1,0 +1,207 @@
+"""The one definition of image preprocessing, shared by training, evaluation and serving.
+
+Only Pillow and NumPy: the service imports this module, and so do training's
+augmentation and evaluation, so what was evaluated is exactly what is served.
+
+Pipeline: ``decode_image`` (bytes -> PIL image in the model's channel mode) ->
+``tta_crops`` (resize the shorter side to each TTA size, centre-crop to the
+model input, normalise) -> float32 array ``[n_sizes, C, H, W]``.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+# Truncated files are bad input, not something to half-decode silently.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+# Product photos are shot on white: transparent pixels become white, not black.
+BACKGROUND = 255
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not an image Pillow can decode (maps to HTTP 415)."""
+
+
+class ImageTooLargeError(ValueError):
+    """The image has more pixels than allowed (maps to HTTP 413)."""
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How a model wants its input: the part of the manifest preprocessing reads."""
+
+    input_size: int
+    in_chans: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bilinear"
+    tta_sizes: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.in_chans not in (1, 3):
+            raise ValueError(f"in_chans must be 1 or 3, got {self.in_chans}")
+        if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
+            raise ValueError("mean and std need one value per input channel")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}")
+        if any(size < self.input_size for size in self.tta_sizes):
+            raise ValueError("every TTA size must be >= input_size (we centre-crop, never pad)")
+
+    @property
+    def key(self) -> tuple:
+        """Members with equal keys share the same crops."""
+        return (self.input_size, self.in_chans, self.mean, self.std, self.interpolation)
+
+    def sizes(self, tta: bool) -> tuple[int, ...]:
+        """The resize sizes to use: all TTA sizes, or only the first (the single-crop size)."""
+        sizes = self.tta_sizes or (self.input_size,)
+        return sizes if tta else sizes[:1]
+
+
+def decode_image(data: bytes, in_chans: int, max_pixels: int) -> Image.Image:
+    """Decode bytes to a PIL image in the model's mode ("L" or "RGB").
+
+    Applies EXIF orientation, takes the first frame of animations, composites
+    transparency onto white and scales 16-bit/32-bit images to 8 bits. The pixel
+    count is checked from the header, before any pixel is decoded.
+    """
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns (and at 2x raises) on bombs; we apply our own limit first.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            previous_limit = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+            try:
+                image = Image.open(io.BytesIO(data))
+            finally:
+                Image.MAX_IMAGE_PIXELS = previous_limit
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageTooLargeError(
+                    f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
+                )
+            image.seek(0)
+            image.load()
+            image = ImageOps.exif_transpose(image)
+    except (ImageTooLargeError, ImageDecodeError):
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageDecodeError(f"cannot decode image: {exc}") from exc
+    except Image.DecompressionBombError as exc:  # pragma: no cover - limit checked above
+        raise ImageTooLargeError(str(exc)) from exc
+    return to_model_mode(image, in_chans)
+
+
+def to_model_mode(image: Image.Image, in_chans: int) -> Image.Image:
+    """Convert any Pillow mode to "L" (1 channel) or "RGB" (3 channels)."""
+    target = "L" if in_chans == 1 else "RGB"
+    if image.mode == target:
+        return image
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        image = _scale_to_8bit(image)
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (BACKGROUND,) * 3 + (255,))
+        image = Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode == "CMYK" or image.mode not in ("L", "RGB"):
+        image = image.convert("RGB")
+    return image.convert(target) if image.mode != target else image
+
+
+def _scale_to_8bit(image: Image.Image) -> Image.Image:
+    """Map a 16-bit or float single-channel image linearly onto 0..255."""
+    pixels = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        low, high = float(np.nanmin(pixels)), float(np.nanmax(pixels))
+        if high > low:
+            pixels = (pixels - low) / (high - low) * 255.0
+        pixels = np.nan_to_num(pixels)
+    else:
+        maximum = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
+        pixels = pixels / maximum * 255.0
+    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), mode="L")
+
+
+def resize_shorter_side(image: Image.Image, size: int, interpolation: str) -> Image.Image:
+    """Resize so the shorter side is ``size``, keeping the aspect ratio."""
+    width, height = image.size
+    scale = size / min(width, height)
+    new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
+    if new_size == image.size:
+        return image
+    return image.resize(new_size, INTERPOLATIONS[interpolation])
+
+
+def crop(image: Image.Image, left: int, top: int, size: int) -> Image.Image:
+    """A ``size`` x ``size`` crop at (left, top)."""
+    return image.crop((left, top, left + size, top + size))
+
+
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+    """The central ``size`` x ``size`` crop (the image must be at least that large)."""
+    width, height = image.size
+    return crop(image, (width - size) // 2, (height - size) // 2, size)
+
+
+def normalize(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
+    """PIL image -> float32 ``[C, H, W]`` scaled to 0..1, minus mean, over std."""
+    pixels = np.asarray(image, dtype=np.float32) / 255.0
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    mean = np.asarray(config.mean, dtype=np.float32)
+    std = np.asarray(config.std, dtype=np.float32)
+    return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1))
+
+
+def tta_crops(image: Image.Image, config: PreprocessConfig, sizes: Sequence[int]) -> np.ndarray:
+    """Multi-crop TTA: for each size, resize the shorter side and centre-crop to the input.
+
+    Returns float32 ``[len(sizes), C, input_size, input_size]``.
+    """
+    image = to_model_mode(image, config.in_chans)
+    crops = [
+        normalize(center_crop(resize_shorter_side(image, size, config.interpolation), config.input_size), config)
+        for size in sizes
+    ]
+    return np.stack(crops)
+
+
+def random_scaled_crop(
+    image: Image.Image,
+    config: PreprocessConfig,
+    rng: np.random.Generator,
+    flip: bool = True,
+) -> np.ndarray:
+    """Train-time augmentation consistent with TTA: the same resize and crop, randomised.
+
+    The shorter side is resized to a random size between the smallest and the
+    largest TTA size, a random ``input_size`` square is cropped from it, and it
+    is mirrored left-right with probability 1/2 when ``flip``.
+    """
+    image = to_model_mode(image, config.in_chans)
+    sizes = config.tta_sizes or (config.input_size,)
+    size = int(rng.integers(min(sizes), max(sizes) + 1))
+    resized = resize_shorter_side(image, size, config.interpolation)
+    width, height = resized.size
+    left = int(rng.integers(0, width - config.input_size + 1))
+    top = int(rng.integers(0, height - config.input_size + 1))
+    patch = crop(resized, left, top, config.input_size)
+    if flip and rng.random() < 0.5:
+        patch = patch.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return normalize(patch, config)
