@@ -39,6 +39,7 @@ class DataConfig:
     )
     val_per_class: int = field(default=500, metadata={"help": "clean, balanced validation images held out per class"})
     max_per_class: int | None = field(default=None, metadata={"help": "n_max of the long tail (default: all that remain after the validation hold-out)"})
+    test_per_class: int | None = field(default=None, metadata={"help": "use only this many official test images per class (default: all 10,000)"})
     data_seed: int = field(default=0, metadata={"help": "seed of the split, the long tail and the noise"})
 
 
