@@ -15,6 +15,12 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 
+MISSING_MODULE_EXTRAS = {
+    **dict.fromkeys(("torch", "timm", "torchvision", "onnx", "onnxscript", "matplotlib"), "train"),
+    **dict.fromkeys(("fastapi", "uvicorn", "pydantic", "pydantic_settings", "multipart", "onnxruntime", "tqdm"), "serve-cpu"),
+}
+
+
 class CommandError(Exception):
     """A user error (bad argument, bad data): printed without a traceback, exit status 2."""
 
@@ -35,6 +41,15 @@ def _commands() -> list[Command]:
     return [*TRAINING_COMMANDS, *SERVING_COMMANDS]
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, unless it is None (not given) or the help already explains it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="productrec",
@@ -47,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
             command.name,
             help=command.help,
             description=command.description or command.help,
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=HelpFormatter,
         )
         command.add_arguments(sub)
         sub.set_defaults(target=command.target)
@@ -65,9 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         function = getattr(importlib.import_module(module_name), function_name)
     except ModuleNotFoundError as exc:
-        if exc.name in ("torch", "timm", "torchvision", "onnx", "matplotlib", "tqdm"):
-            parser.exit(2, f"productrec {args.command}: needs {exc.name}; install the training extra: pip install 'productrec[train]'\n")
-        raise
+        extra = MISSING_MODULE_EXTRAS.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        parser.exit(2, f"productrec {args.command}: needs {exc.name}; install it with: pip install 'productrec[{extra}]'\n")
     try:
         status = function(args)
     except CommandError as exc:

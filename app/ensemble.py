@@ -16,7 +16,8 @@ STRATEGIES: tuple[str, ...] = ("vote", "mean")
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     """Numerically stable softmax in float32."""
-    shifted = logits.astype(np.float32) - logits.max(axis=axis, keepdims=True)
+    logits = logits.astype(np.float32)
+    shifted = logits - logits.max(axis=axis, keepdims=True)
     np.exp(shifted, out=shifted)
     shifted /= shifted.sum(axis=axis, keepdims=True)
     return shifted

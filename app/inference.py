@@ -8,6 +8,7 @@ answers for the same images.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
@@ -18,7 +19,7 @@ from PIL import Image
 
 from app.ensemble import Ranking, Strategy, crop_average_probabilities, rank
 from app.manifest import EnsembleSpec, LoadedMember, ModelManifest, RepositoryError, load_ensemble
-from app.preprocess import PreprocessConfig, tta_crops
+from app.preprocess import CropPlan, PreprocessConfig, crops_for_plan
 
 log = logging.getLogger("productrec.inference")
 
@@ -71,6 +72,13 @@ def create_session(
         raise ProviderUnavailableError(f"{path}: CUDA was required but onnxruntime is using {in_use}")
     log.info("loaded %s with providers %s", path, in_use)
     return session
+
+
+def require_cuda(repository: Path) -> None:
+    """Raise ``ProviderUnavailableError`` unless onnxruntime really runs the first member on CUDA."""
+    _, members = load_ensemble(Path(repository), verify=False)
+    session = create_session(members[0].onnx_path, "cuda")
+    del session
 
 
 @dataclass
@@ -136,19 +144,35 @@ class Ensemble:
             configs[key] = config
         return [CropGroup(configs[key], key[1], tuple(indices)) for key, indices in groups.items()]
 
+    def crop_plan(self, tta: bool) -> CropPlan:
+        """What ``preprocess`` computes, as picklable (config, sizes) pairs (for decode workers)."""
+        return [(group.config, group.sizes) for group in self.crop_groups(tta)]
+
     def preprocess(self, image: Image.Image, tta: bool) -> list[np.ndarray]:
         """Crops of one decoded image, one ``[n_sizes, C, H, W]`` array per crop group."""
-        return [tta_crops(image, group.config, group.sizes) for group in self.crop_groups(tta)]
+        return crops_for_plan(image, self.crop_plan(tta))
 
-    def member_probabilities(self, crops_per_image: Sequence[list[np.ndarray]], tta: bool) -> np.ndarray:
-        """``[M, B, K]`` probabilities: one model run per member over all images x crops."""
+    def member_probabilities(
+        self,
+        crops_per_image: Sequence[list[np.ndarray]],
+        tta: bool,
+        timings: dict[str, float] | None = None,
+    ) -> np.ndarray:
+        """``[M, B, K]`` probabilities: one model run per member over all images x crops.
+
+        When ``timings`` is given, it receives each member's run time in seconds, by member name.
+        """
         groups = self.crop_groups(tta)
         probs = np.empty((len(self.members), len(crops_per_image), self.num_classes), dtype=np.float32)
         for group_index, group in enumerate(groups):
             batch = np.concatenate([crops[group_index] for crops in crops_per_image])
             for member_index in group.member_indices:
-                logits = self.members[member_index].logits(batch)
+                member = self.members[member_index]
+                started = time.perf_counter()
+                logits = member.logits(batch)
                 probs[member_index] = crop_average_probabilities(logits, len(group.sizes))
+                if timings is not None:
+                    timings[member.manifest.name] = time.perf_counter() - started
         return probs
 
     def predict(
@@ -161,4 +185,23 @@ class Ensemble:
 
 
 def _session_for(member: LoadedMember, preference: ProviderPreference, intra: int, inter: int) -> Member:
-    return Member(member.manifest, create_session(member.onnx_path, preference, intra, inter))
+    session = create_session(member.onnx_path, preference, intra, inter)
+    _check_signature(member, session)
+    return Member(member.manifest, session)
+
+
+def _check_signature(member: LoadedMember, session: ort.InferenceSession) -> None:
+    """The graph's input/output names and class count must be what the manifest says."""
+    manifest = member.manifest
+    inputs = {node.name: node.shape for node in session.get_inputs()}
+    outputs = {node.name: node.shape for node in session.get_outputs()}
+    if manifest.input_name not in inputs or manifest.output_name not in outputs:
+        raise RepositoryError(
+            f"{member.onnx_path}: graph has inputs {sorted(inputs)} and outputs {sorted(outputs)}; "
+            f"the manifest expects {manifest.input_name!r} -> {manifest.output_name!r}"
+        )
+    classes = outputs[manifest.output_name][-1]
+    if isinstance(classes, int) and classes != manifest.num_classes:
+        raise RepositoryError(
+            f"{member.onnx_path}: the model outputs {classes} classes but the manifest lists {manifest.num_classes} labels"
+        )

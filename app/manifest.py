@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.ensemble import STRATEGIES
 from app.preprocess import PreprocessConfig
 
 MANIFEST_FILE = "manifest.json"
@@ -126,7 +127,10 @@ class EnsembleSpec:
         members = [MemberRef(**member) for member in data["members"]]
         if not members:
             raise ValueError("an ensemble needs at least one member")
-        return cls(name=data["name"], members=members, strategy=data.get("strategy", "vote"))
+        strategy = data.get("strategy", "vote")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        return cls(name=data["name"], members=members, strategy=strategy)
 
 
 @dataclass

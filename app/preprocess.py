@@ -97,13 +97,17 @@ def decode_image(data: bytes, in_chans: int, max_pixels: int) -> Image.Image:
             image.seek(0)
             image.load()
             image = ImageOps.exif_transpose(image)
+            return to_model_mode(image, in_chans)
     except (ImageTooLargeError, ImageDecodeError):
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageDecodeError(f"cannot decode image: {exc}") from exc
     except Image.DecompressionBombError as exc:  # pragma: no cover - limit checked above
         raise ImageTooLargeError(str(exc)) from exc
-    return to_model_mode(image, in_chans)
+    except MemoryError as exc:
+        raise ImageTooLargeError(f"not enough memory to decode the image: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError("cannot decode image: not a format Pillow recognises (JPEG, PNG, WebP, GIF, BMP, TIFF, ...)") from exc
+    except Exception as exc:  # crafted files make Pillow raise struct.error, IndexError, ... too
+        raise ImageDecodeError(f"cannot decode image: {type(exc).__name__}: {exc}") from exc
 
 
 def to_model_mode(image: Image.Image, in_chans: int) -> Image.Image:
@@ -180,6 +184,21 @@ def tta_crops(image: Image.Image, config: PreprocessConfig, sizes: Sequence[int]
         for size in sizes
     ]
     return np.stack(crops)
+
+
+CropPlan = Sequence[tuple[PreprocessConfig, Sequence[int]]]
+"""One (config, resize sizes) pair per crop group; a plain, picklable description of the crops to make."""
+
+
+def crops_for_plan(image: Image.Image, plan: CropPlan) -> list[np.ndarray]:
+    """Crops of one decoded image for each group of ``plan``: ``[n_sizes, C, H, W]`` arrays."""
+    return [tta_crops(image, config, sizes) for config, sizes in plan]
+
+
+def decode_crops(data: bytes, plan: CropPlan, max_pixels: int) -> list[np.ndarray]:
+    """Bytes -> crops for each group of ``plan`` (decoded once, in the widest channel mode needed)."""
+    image = decode_image(data, max(config.in_chans for config, _ in plan), max_pixels)
+    return crops_for_plan(image, plan)
 
 
 def random_scaled_crop(

@@ -6,12 +6,15 @@ Torch-free, so ``productrec --help`` works where only the serving extra is insta
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import json
 import math
+import shlex
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 DEFAULT_FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FMNIST_BENCHMARK = "fmnist-lt"
@@ -48,11 +51,20 @@ class ModelConfig:
     """The backbone and its input."""
 
     model: str = field(default="resnet18", metadata={"help": "any timm model name"})
+    model_kwargs: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "extra timm.create_model arguments as KEY=VALUE (values read as Python literals), e.g. channels=(32,64,128,256)"},
+    )
     pretrained: str | None = field(default=None, metadata={"help": "local checkpoint file to initialise from (never a hub)"})
     input_size: int = field(default=28, metadata={"help": "model input side in pixels"})
     tta_sizes: tuple[int, ...] = field(default=(28, 32, 36), metadata={"help": "resize sizes for multi-crop TTA; train-time crops are scaled within this range"})
     interpolation: str = field(default="bilinear", metadata={"help": "resize interpolation", "choices": ["nearest", "bilinear", "bicubic", "lanczos"]})
     hflip: bool = field(default=True, metadata={"help": "random horizontal flips in training"})
+    mean: tuple[float, ...] | None = field(
+        default=None,
+        metadata={"help": "per-channel normalisation mean (default: Fashion-MNIST's for the benchmark, the model's pretrained (ImageNet) values otherwise)"},
+    )
+    std: tuple[float, ...] | None = field(default=None, metadata={"help": "per-channel normalisation std (default: as for --mean)"})
 
 
 @dataclass
@@ -87,7 +99,7 @@ class RunConfig:
     resume: bool = field(default=False, metadata={"help": "continue from the run directory's last checkpoint"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation and augmentation"})
     workers: int = field(default=2, metadata={"help": "DataLoader worker processes"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
+    device: str = field(default="auto", metadata={"help": "where to train: cuda when available (auto), cpu or cuda", "choices": ["auto", "cpu", "cuda"]})
     amp: bool = field(default=True, metadata={"help": "mixed precision on CUDA (ignored on the CPU)"})
 
 
@@ -114,6 +126,51 @@ class TrainConfig:
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` naming the option of the first value that cannot work."""
+        model, optim = self.model, self.optim
+        checks = [
+            (model.input_size >= 8, "--input-size must be at least 8"),
+            (bool(model.tta_sizes), "--tta-sizes needs at least one size"),
+            (all(size >= model.input_size for size in model.tta_sizes), "every --tta-sizes value must be >= --input-size (crops are centred, never padded)"),
+            ((model.mean is None) == (model.std is None), "--mean and --std go together"),
+            (model.std is None or all(value > 0 for value in model.std), "--std values must be > 0"),
+            (optim.epochs >= 1, "--epochs must be >= 1"),
+            (optim.batch_size >= 1, "--batch-size must be >= 1"),
+            (optim.lr > 0, "--lr must be > 0"),
+            (0 <= optim.momentum < 1, "--momentum must be in [0, 1)"),
+            (optim.weight_decay >= 0, "--weight-decay must be >= 0"),
+            (optim.patience >= 1, "--patience must be >= 1"),
+            (0 < optim.min_lr <= optim.lr, "--min-lr must be in (0, --lr]"),
+            (self.loss.alpha >= 0 and self.loss.beta >= 0, "--alpha and --beta must be >= 0"),
+            (self.loss.log_zero < 0, "--log-zero (A = log 0) must be < 0"),
+            (self.run.workers >= 0, "--workers must be >= 0"),
+            (0 <= self.data.noise_rate < 1, "--noise-rate must be in [0, 1)"),
+            (self.data.imbalance_ratio >= 1, "--imbalance-ratio must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the option."""
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Report bad options and bad data (missing files, unusable data sets, broken repositories) as CLI errors.
+
+    Wrap only the steps that read user input, so a bug deeper down keeps its traceback.
+    """
+    from app.cli import CommandError
+    from app.manifest import RepositoryError
+
+    try:
+        yield
+    except (ValueError, FileNotFoundError, NotADirectoryError, RepositoryError) as exc:
+        raise CommandError(str(exc)) from exc
 
 
 SECTIONS: dict[str, type] = {
@@ -142,16 +199,42 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, section: type, titl
     group = parser.add_argument_group(title or section.__name__.removesuffix("Config").lower(), section.__doc__)
     for f in dataclasses.fields(section):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": f.metadata.get("help", "") + " (default: %(default)s)"}
+        help_text = f.metadata.get("help", "")
+        if default is not None and "(default" not in help_text:
+            help_text += " (default: %(default)s)"
+        kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": help_text}
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
         if isinstance(default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif isinstance(default, tuple):
-            kwargs.update(nargs="+", type=int)
+        elif isinstance(default, dict):
+            kwargs.update(nargs="*", action=KeyValueAction, metavar="KEY=VALUE")
+        elif str(f.type).startswith("tuple"):
+            kwargs.update(nargs="+", type=float if "float" in str(f.type) else int)
         else:
             kwargs["type"] = _scalar_type(f.type, default)
         group.add_argument(option_name(f.name), **kwargs)
+
+
+def parse_key_value(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read by ``ast.literal_eval`` (a plain string when it is not a literal), as timm's ParseKwargs."""
+    key, separator, value = text.partition("=")
+    if not separator or not key.isidentifier():
+        raise ValueError(f"{text!r} is not KEY=VALUE with a Python identifier as KEY")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+class KeyValueAction(argparse.Action):
+    """Collects ``KEY=VALUE`` words into a dict (see ``parse_key_value``)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: str | None = None) -> None:
+        try:
+            setattr(namespace, self.dest, dict(parse_key_value(value) for value in values))
+        except ValueError as exc:
+            parser.error(f"{option_string}: {exc}")
 
 
 def _scalar_type(annotation: Any, default: Any) -> type:
@@ -173,3 +256,24 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             for name, section in SECTIONS.items()
         }
     )
+
+
+def command_line(config: TrainConfig, subcommand: str = "train") -> str:
+    """The ``productrec`` command that reproduces ``config``: options that differ from the defaults."""
+    default = TrainConfig()
+    words = ["productrec", subcommand]
+    for name in SECTIONS:
+        section, default_section = getattr(config, name), getattr(default, name)
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            if value == getattr(default_section, f.name):
+                continue
+            if isinstance(value, bool):
+                words.append(option_name(f.name if value else "no_" + f.name))
+            elif isinstance(value, tuple):
+                words += [option_name(f.name), *map(str, value)]
+            elif isinstance(value, dict):
+                words += [option_name(f.name), *(f"{key}={item!r}" for key, item in value.items())]
+            else:
+                words += [option_name(f.name), str(value)]
+    return shlex.join(words)

@@ -1,10 +1,16 @@
-"""Export a trained model to the ONNX model repository, checked against PyTorch first."""
+"""Export a trained model to the ONNX model repository, checked against PyTorch first.
+
+``productrec export RUN_DIR`` writes ``<repository>/<name>/<version>/{model.onnx,manifest.json}``
+from the run's best.pt after checking the ONNX logits against PyTorch's on real
+test images preprocessed by ``app.preprocess.tta_crops``.
+"""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import tempfile
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,6 +19,7 @@ import onnxruntime as ort
 import torch
 
 from app.manifest import (
+    ENSEMBLE_FILE,
     INPUT_NAME,
     MANIFEST_FILE,
     MODEL_FILE,
@@ -21,11 +28,17 @@ from app.manifest import (
     LossSpec,
     MemberRef,
     ModelManifest,
+    load_member,
     member_dir,
+    read_json,
     sha256_file,
     write_ensemble,
     write_json,
 )
+from app.preprocess import tta_crops
+from training.config import ConfigError, user_errors
+from training.data import BadImageError, build_splits
+from training.runs import TrainedRun, load_run
 
 log = logging.getLogger("productrec.export")
 
@@ -113,3 +126,115 @@ def loss_spec(config: dict[str, Any]) -> LossSpec:
         log_zero=config["log_zero"] if symmetric else None,
         drw_epoch=config.get("drw_epoch"),
     )
+
+
+def run_manifest(run: TrainedRun, name: str, version: str) -> ModelManifest:
+    """The repository manifest of a run's best checkpoint, before export fills in sha256 and opset."""
+    # PreprocessConfig's fields (input size, channels, mean/std, interpolation, TTA sizes) are manifest fields.
+    preprocess = {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(run.preprocess).items()}
+    return ModelManifest(
+        name=name,
+        version=str(version),
+        architecture=run.config.model.model,
+        **preprocess,
+        labels=run.labels,
+        class_counts=[int(count) for count in run.data["class_counts"]],
+        loss=loss_spec(run.config.to_dict()["loss"]),
+        sha256="",
+        opset=0,
+        training_command=run.command,
+        data_fingerprint=run.data["fingerprint"],
+        metrics={
+            "val_top1_error": run.checkpoint["val_error"],
+            "best_epoch": run.checkpoint["epoch"],
+            "noise_rate_realised": run.data.get("noise_rate_realised"),
+            **run.test_metrics(),
+        },
+        train_config=run.config.to_dict(),
+    )
+
+
+def parity_batch(run: TrainedRun, n_images: int) -> np.ndarray:
+    """Every TTA crop of ``n_images`` real images spread over the test split (validation if there is none)."""
+    splits = build_splits(run.config.data)
+    images = splits.test if splits.test is not None else splits.val
+    preprocess = run.preprocess
+    crops = []
+    for index in np.unique(np.linspace(0, len(images) - 1, min(n_images, len(images))).astype(int)):
+        try:
+            crops.append(tta_crops(images.load(int(index)), preprocess, preprocess.sizes(tta=True)))
+        except BadImageError as exc:
+            log.warning("parity check: skipping %s", exc)
+    if not crops:
+        raise ConfigError("no readable test image for the ONNX parity check")
+    return np.concatenate(crops)
+
+
+def next_version(repository: Path, name: str) -> str:
+    """One more than the highest integer version of ``name`` in the repository ("1" for the first)."""
+    existing = [int(path.name) for path in (Path(repository) / name).glob("*") if path.name.isdigit()]
+    return str(max(existing, default=0) + 1)
+
+
+def add_to_ensemble(repository: Path, manifest: ModelManifest) -> Path:
+    """Name the member in ``ensemble.json`` (created if missing; a member of the same name is replaced)."""
+    repository = Path(repository)
+    ref = MemberRef(manifest.name, manifest.version)
+    if not (repository / ENSEMBLE_FILE).exists():
+        return write_ensemble(repository, EnsembleSpec("default", [ref], "vote"))
+    try:
+        spec = EnsembleSpec.from_dict(read_json(repository / ENSEMBLE_FILE))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{repository / ENSEMBLE_FILE}: invalid ensemble file: {exc}") from exc
+    others = [member for member in spec.members if member.name != manifest.name]
+    if others and load_member(repository, others[0], verify=False).manifest.labels != manifest.labels:
+        raise ConfigError(f"{manifest.name} has other labels than the ensemble's {others[0].name}; members must share one label space")
+    if len(others) == len(spec.members):
+        spec.members.append(ref)
+    else:
+        spec.members = [ref if member.name == manifest.name else member for member in spec.members]
+    return write_ensemble(repository, spec)
+
+
+def export_run(
+    run_dir: Path,
+    repository: Path,
+    name: str | None = None,
+    version: str | None = None,
+    ensemble: bool = False,
+    check_images: int = 32,
+) -> ModelManifest:
+    """Export a run's best checkpoint as ``<repository>/<name>/<version>``; never overwrites an entry.
+
+    ``name`` defaults to the architecture, ``version`` to the next integer. With
+    ``ensemble`` the member is also named in ``ensemble.json``.
+    """
+    run = load_run(Path(run_dir))
+    name = name or run.config.model.model
+    version = str(version or next_version(repository, name))
+    target = member_dir(repository, name, version)
+    if (target / MANIFEST_FILE).exists() or (target / MODEL_FILE).exists():
+        raise ConfigError(f"{target} already exists; choose another --version")
+    manifest = run_manifest(run, name, version)
+    final, _ = export_to_repository(run.model, manifest, Path(repository), parity_batch(run, check_images))
+    if ensemble:
+        add_to_ensemble(Path(repository), final)
+    return final
+
+
+def main(args: argparse.Namespace) -> int:
+    """``productrec export``."""
+    from app.cli import CommandError
+
+    with user_errors():
+        try:
+            manifest = export_run(Path(args.run_dir), Path(args.repository), args.name, args.version, args.ensemble_member, args.check_images)
+        except ExportParityError as exc:
+            raise CommandError(str(exc)) from exc
+    target = member_dir(Path(args.repository), manifest.name, manifest.version)
+    print(f"exported {args.run_dir} -> {target}")
+    print(f"  ONNX parity: max |logit difference| = {manifest.metrics['onnx_max_abs_logit_diff']:.2e} (limit {MAX_LOGIT_DIFF:.0e})")
+    print(f"  sha256 {manifest.sha256}, opset {manifest.opset}, {manifest.num_classes} classes, TTA sizes {manifest.tta_sizes}")
+    if args.ensemble_member:
+        print(f"  added to {Path(args.repository) / ENSEMBLE_FILE}")
+    return 0

@@ -1,0 +1,50 @@
+"""FastAPI dependencies: settings, metrics, the ready service and the API key check."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
+
+from app.api.errors import ApiError
+from app.core.config import Settings
+from app.serving.metrics import ServingMetrics
+from app.serving.service import PredictionService
+
+
+def get_app_settings(request: Request) -> Settings:
+    """The settings the app was created with."""
+    return request.app.state.settings
+
+
+def get_metrics(request: Request) -> ServingMetrics:
+    return request.app.state.metrics
+
+
+def get_service(request: Request) -> PredictionService:
+    """The loaded service, or 503 with the reason it is not ready."""
+    service = request.app.state.service
+    if service is None:
+        reason = request.app.state.load_error or "the model repository is still loading"
+        raise ApiError(503, "not_ready", reason, {"Retry-After": str(request.app.state.settings.retry_after_s)})
+    return service
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+MetricsDep = Annotated[ServingMetrics, Depends(get_metrics)]
+ServiceDep = Annotated[PredictionService, Depends(get_service)]
+
+api_key_header = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="Required when the service has PRODUCTREC_API_KEY set."
+)
+
+
+def verify_api_key(settings: SettingsDep, api_key: Annotated[str | None, Security(api_key_header)]) -> None:
+    """401 unless the X-API-Key header matches the configured key (when one is configured)."""
+    if settings.api_key is None:
+        return
+    expected = settings.api_key.get_secret_value().encode()
+    if api_key is None or not hmac.compare_digest(api_key.encode(), expected):
+        raise ApiError(401, "unauthorized", "missing or wrong X-API-Key header")

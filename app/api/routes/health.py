@@ -1,0 +1,25 @@
+"""Liveness and readiness probes (never behind the API key)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.api.deps import ServiceDep
+from app.schemas import ErrorResponse, Health, Readiness
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    summary="Readiness: every ensemble member is loaded",
+    responses={503: {"model": ErrorResponse, "description": "Not ready; detail names the missing or bad file."}},
+)
+async def readyz(service: ServiceDep) -> Readiness:
+    return Readiness(ready=True, members=len(service.ensemble.members))

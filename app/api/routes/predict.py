@@ -1,0 +1,157 @@
+"""POST /v1/predict and /v1/predict/batch."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import Field, TypeAdapter, ValidationError
+from starlette.datastructures import FormData
+
+from app.api.deps import ServiceDep, SettingsDep, verify_api_key
+from app.api.errors import ApiError, api_error_for, record_error
+from app.api.uploads import read_batch_images, read_single_image
+from app.core.config import Settings
+from app.schemas import BatchItem, BatchPrediction, ErrorResponse, Prediction
+from app.serving.service import PredictionService
+
+router = APIRouter(prefix="/v1", tags=["predict"], dependencies=[Depends(verify_api_key)])
+
+TopKQuery = Annotated[
+    int | None,
+    Query(
+        ge=1,
+        description="Labels to return, 1..number of classes (default: PRODUCTREC_DEFAULT_TOP_K). "
+        "Also accepted as a multipart field.",
+        examples=[5],
+    ),
+]
+TtaQuery = Annotated[
+    bool | None,
+    Query(description="Multi-crop TTA on or off (default: PRODUCTREC_TTA). Also accepted as a multipart field."),
+]
+
+_FIELD_TYPES: dict[str, TypeAdapter[Any]] = {
+    "top_k": TypeAdapter(Annotated[int, Field(ge=1)]),
+    "tta": TypeAdapter(bool),
+}
+
+_IMAGE_SCHEMA = {"type": "string", "format": "binary"}
+_OPTION_FIELDS = {"top_k": {"type": "integer", "minimum": 1}, "tta": {"type": "boolean"}}
+PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "One image (JPEG, PNG, WebP, GIF, BMP, TIFF): a multipart 'file' field, or the raw body.",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {**_IMAGE_SCHEMA, "description": "The image."}, **_OPTION_FIELDS},
+                }
+            },
+            "image/*": {"schema": _IMAGE_SCHEMA},
+            "application/octet-stream": {"schema": _IMAGE_SCHEMA},
+        },
+    }
+}
+BATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "Up to PRODUCTREC_MAX_BATCH_ITEMS images as repeated multipart 'files' fields.",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {"files": {"type": "array", "items": _IMAGE_SCHEMA}, **_OPTION_FIELDS},
+                }
+            }
+        },
+    }
+}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorResponse, "description": description}
+
+
+COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error("Malformed request (empty file, broken multipart body)."),
+    401: _error("Missing or wrong X-API-Key (when the service has an API key)."),
+    413: _error("Upload over max_upload_bytes / max_request_bytes, image over max_image_pixels, or too many files."),
+    415: _error("Not an image Pillow can decode, or a content type other than multipart or image/*."),
+    422: _error("Invalid parameter (top_k out of 1..classes), missing field, or an image too slow to decode."),
+    503: _error("Not ready (the reason is in detail), or the queue is full (Retry-After)."),
+}
+
+
+def _options(
+    service: PredictionService, settings: Settings, top_k: int | None, tta: bool | None, form: FormData | None
+) -> tuple[int, bool]:
+    """top_k and tta from the query, else the multipart fields, else the settings."""
+    values: dict[str, Any] = {"top_k": top_k, "tta": tta}
+    for name, adapter in _FIELD_TYPES.items():
+        if values[name] is None and form is not None and name in form:
+            try:
+                values[name] = adapter.validate_python(form[name])
+            except ValidationError as exc:
+                raise ApiError(422, "invalid_request", f"{name}: {exc.errors()[0]['msg']}") from exc
+    num_classes = service.ensemble.num_classes
+    resolved_top_k = values["top_k"] if values["top_k"] is not None else min(settings.default_top_k, num_classes)
+    if not 1 <= resolved_top_k <= num_classes:
+        raise ApiError(422, "invalid_request", f"top_k must be between 1 and {num_classes}, got {resolved_top_k}")
+    return resolved_top_k, settings.tta if values["tta"] is None else values["tta"]
+
+
+@router.post(
+    "/predict",
+    response_model=Prediction,
+    summary="Recognise the product in one image",
+    description="Top-k labels of the ensemble (top-1 voting across members, multi-crop TTA), "
+    "each member's top-1 with its version, and timings.",
+    responses=COMMON_ERRORS,
+    openapi_extra=PREDICT_BODY,
+)
+async def predict(
+    request: Request, service: ServiceDep, settings: SettingsDep, top_k: TopKQuery = None, tta: TtaQuery = None
+) -> Prediction:
+    upload, form = await read_single_image(request, settings)
+    resolved_top_k, resolved_tta = _options(service, settings, top_k, tta, form)
+    (outcome,) = await service.predict([upload.data], resolved_top_k, resolved_tta)
+    if isinstance(outcome, BaseException):
+        raise api_error_for(outcome, settings.retry_after_s)
+    return outcome
+
+
+@router.post(
+    "/predict/batch",
+    response_model=BatchPrediction,
+    summary="Recognise the products in many images",
+    description="One result per file, in order: its prediction, or its own error (status and JSON error). "
+    "A bad file never fails the others; the whole request fails only when it is malformed or over a limit.",
+    responses=COMMON_ERRORS,
+    openapi_extra=BATCH_BODY,
+)
+async def predict_batch(
+    request: Request, service: ServiceDep, settings: SettingsDep, top_k: TopKQuery = None, tta: TtaQuery = None
+) -> BatchPrediction:
+    uploads, form = await read_batch_images(request, settings)
+    resolved_top_k, resolved_tta = _options(service, settings, top_k, tta, form)
+    readable = [upload.data for upload in uploads if upload.error is None]
+    outcomes = iter(await service.predict(readable, resolved_top_k, resolved_tta) if readable else [])
+    items = []
+    for index, upload in enumerate(uploads):
+        outcome = upload.error or next(outcomes)
+        if isinstance(outcome, BaseException):
+            error = api_error_for(outcome, settings.retry_after_s)
+            record_error(request, error)
+            items.append(
+                BatchItem(
+                    index=index, filename=upload.filename, status=error.status, error=ErrorResponse(**error.body())
+                )
+            )
+        else:
+            items.append(BatchItem(index=index, filename=upload.filename, status=200, prediction=outcome))
+    succeeded = sum(item.prediction is not None for item in items)
+    return BatchPrediction(results=items, succeeded=succeeded, failed=len(items) - succeeded)

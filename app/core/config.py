@@ -1,0 +1,96 @@
+"""Service settings, read from ``PRODUCTREC_*`` environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+def _default_decode_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class Settings(BaseSettings):
+    """Every limit and knob of the service; each one is an environment variable ``PRODUCTREC_<NAME>``."""
+
+    # An empty variable (PRODUCTREC_API_KEY= in a compose file) means unset, not "the empty string".
+    model_config = SettingsConfigDict(env_prefix="PRODUCTREC_", env_file=None, extra="ignore", env_ignore_empty=True)
+
+    host: str = Field("127.0.0.1", description="Interface `productrec serve` listens on (0.0.0.0: all; the image sets it).")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port of `productrec serve`.")
+    workers: int = Field(1, ge=1, description="uvicorn worker processes, each loading its own copy of the ensemble.")
+
+
+    repository: Path = Field(Path("models"), description="Model repository holding ensemble.json and the members.")
+    provider: Literal["auto", "cuda", "cpu"] = Field(
+        "auto", description="onnxruntime providers: cuda refuses to start without CUDA; auto prefers CUDA when present."
+    )
+    intra_op_threads: int = Field(
+        0, ge=0, description="onnxruntime intra-op threads per session (0: onnxruntime's default)."
+    )
+    inter_op_threads: int = Field(
+        0, ge=0, description="onnxruntime inter-op threads per session (0: onnxruntime's default)."
+    )
+
+    default_top_k: int = Field(
+        5, ge=1, description="Labels returned when the request gives no top_k (capped at the class count)."
+    )
+    tta: bool = Field(True, description="Multi-crop TTA when the request does not say.")
+    strategy: Literal["vote", "mean"] | None = Field(
+        None, description="How members are combined; unset: the strategy in ensemble.json."
+    )
+
+    max_upload_bytes: int = Field(10 * MiB, ge=1, description="Largest image file accepted (413 above).")
+    max_request_bytes: int = Field(
+        64 * MiB, ge=1, description="Largest request body of the batch endpoint (413 above)."
+    )
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, description="Largest width x height decoded, checked from the header (413 above)."
+    )
+    max_batch_items: int = Field(64, ge=1, description="Most images in one /v1/predict/batch request (413 above).")
+
+    max_batch_size: int = Field(
+        32, ge=1, description="Dynamic batching: most images in one onnxruntime run per member."
+    )
+    max_queue_delay_ms: float = Field(
+        2.0, ge=0, description="Dynamic batching: how long the first queued image waits for others to join its batch."
+    )
+    queue_limit: int = Field(
+        256, ge=1, description="Most images admitted and not yet answered; beyond it 503 with Retry-After."
+    )
+    retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with 503 when the queue is full.")
+
+    decode_workers: int = Field(
+        default_factory=_default_decode_workers,
+        ge=1,
+        description="Decode worker processes (killed and replaced on timeout).",
+    )
+    decode_timeout_s: float = Field(
+        10.0, gt=0, description="Longest time one image may take to decode and crop before it is refused (422)."
+    )
+
+    api_key: SecretStr | None = Field(
+        None, description="When set, /v1/* requests need the header X-API-Key with this value."
+    )
+
+    @model_validator(mode="after")
+    def _batch_fits_queue(self) -> "Settings":
+        if self.max_batch_items > self.queue_limit:
+            raise ValueError(
+                f"max_batch_items ({self.max_batch_items}) must not exceed queue_limit ({self.queue_limit}): "
+                "a full batch request could never be admitted"
+            )
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,148 @@
+"""The FastAPI application: ``create_app()`` and the lifespan that loads the ensemble.
+
+Run it with ``productrec serve`` (or ``uvicorn --factory app.main:create_app``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import os
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import AsyncIterator
+
+from fastapi import FastAPI
+
+from app.api.errors import install_error_handlers
+from app.api.middleware import MetricsMiddleware
+from app.api.routes import health, metrics, models, predict
+from app.core.config import Settings, get_settings
+from app.inference import Ensemble, ProviderUnavailableError, require_cuda
+from app.manifest import ENSEMBLE_FILE
+from app.serving.metrics import ServingMetrics
+from app.serving.service import PredictionService
+
+log = logging.getLogger("productrec.app")
+
+EXIT_STARTUP_FAILED = 3  # uvicorn's own exit status when the lifespan fails
+
+DESCRIPTION = """
+Product recognition with an ensemble of BSCE-trained classifiers exported to ONNX:
+multi-crop test-time augmentation per member, top-1 voting across members, top-k labels.
+
+Send an image: `curl -F file=@photo.jpg http://localhost:8000/v1/predict`
+or `curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' http://localhost:8000/v1/predict`.
+Errors are JSON `{"error": code, "detail": text}`.
+"""
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Load and verify every member; on a repository problem stay up (live) but not ready."""
+    settings: Settings = app.state.settings
+    service: PredictionService | None = None
+    try:
+        ensemble = await asyncio.to_thread(
+            Ensemble.load, settings.repository, settings.provider, settings.intra_op_threads, settings.inter_op_threads
+        )
+    except ProviderUnavailableError:
+        log.critical("refusing to start: PRODUCTREC_PROVIDER=%s cannot be honoured", settings.provider, exc_info=True)
+        raise
+    except Exception as exc:  # RepositoryError names the file; anything else is reported the same way
+        app.state.load_error = f"model repository {settings.repository} not loaded: {exc}"
+        log.error("%s; the service stays up but is not ready", app.state.load_error)
+    else:
+        service = PredictionService(ensemble, settings, app.state.metrics)
+        await service.start()
+        app.state.service = service
+        app.state.load_error = None
+        log.info(
+            "ready: ensemble %r, members %s, providers %s",
+            ensemble.spec.name,
+            [f"{m.manifest.name}/{m.manifest.version}" for m in ensemble.members],
+            sorted({provider for m in ensemble.members for provider in m.providers}),
+        )
+    try:
+        yield
+    finally:
+        app.state.service = None
+        app.state.load_error = "shutting down"
+        if service is not None:
+            await service.close()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The service: routers, error handlers, metrics, and the lifespan that loads the ensemble."""
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="ProductRec",
+        summary="Product recognition service: an ONNX ensemble with multi-crop TTA and top-1 voting.",
+        description=DESCRIPTION,
+        version="0.1.0",
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "predict", "description": "Recognise products in images."},
+            {"name": "models", "description": "What is being served."},
+            {"name": "health", "description": "Liveness and readiness probes."},
+            {"name": "metrics", "description": "Prometheus metrics."},
+        ],
+    )
+    app.state.settings = settings
+    app.state.metrics = ServingMetrics()
+    app.state.service = None
+    app.state.load_error = "the model repository is still loading"
+    install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    for router in (predict.router, models.router, health.router, metrics.router):
+        app.include_router(router)
+    return app
+
+
+def serve_command(args) -> int:
+    """``productrec serve``: uvicorn on ``create_app``, settings from the environment and the options."""
+    import uvicorn
+
+    from app.cli_commands import settings_from_args
+
+    settings = settings_from_args(args)
+    # uvicorn's worker processes build their own app from the environment, so the options go there.
+    for name in (name for name in Settings.model_fields if getattr(args, name, None) is not None):
+        value = getattr(settings, name)
+        os.environ[f"PRODUCTREC_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    get_settings.cache_clear()
+    if not (Path(settings.repository) / ENSEMBLE_FILE).is_file():
+        log.warning("%s has no %s: the service will start but not be ready", settings.repository, ENSEMBLE_FILE)
+    if settings.provider == "cuda" and settings.workers > 1:
+        # uvicorn's supervisor returns normally when its workers fail to start, so check CUDA here first.
+        try:
+            require_cuda(settings.repository)
+        except ProviderUnavailableError as exc:
+            log.critical("refusing to start: %s", exc)
+            return EXIT_STARTUP_FAILED
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=args.log_level,
+        log_config=_log_config(args.log_level),
+    )
+    return 0
+
+
+def _log_config(level: str) -> dict:
+    """uvicorn's logging config plus our loggers, so worker processes log the providers they got too."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["productrec"] = {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+    config["handlers"]["productrec"] = {
+        "formatter": "productrec",
+        "class": "logging.StreamHandler",
+        "stream": "ext://sys.stderr",
+    }
+    config["loggers"]["productrec"] = {"handlers": ["productrec"], "level": level.upper(), "propagate": False}
+    return config

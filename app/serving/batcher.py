@@ -1,0 +1,162 @@
+"""Dynamic batching: requests arriving together run as one batch (as Triton's dynamic batcher).
+
+One background task takes the first queued request, waits at most
+``max_queue_delay_s`` for more (up to ``max_batch_size``), and hands the batch
+to ``process`` on a single inference thread, so the event loop stays free and
+batches run one after another; requests queue up meanwhile and form the next,
+larger batch. The queue is bounded: ``submit`` raises ``QueueFullError``
+instead of letting it grow without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Generic, Sequence, TypeVar
+
+log = logging.getLogger("productrec.batcher")
+
+Request = TypeVar("Request")
+Result = TypeVar("Result")
+
+
+class QueueFullError(Exception):
+    """The batcher's queue is at its limit; the caller should retry later (HTTP 503)."""
+
+
+class BatcherClosedError(RuntimeError):
+    """The batcher was shut down before the request ran."""
+
+
+@dataclass(frozen=True)
+class Batched(Generic[Result]):
+    """One request's result and how it was batched."""
+
+    result: Result
+    batch_size: int
+    queue_wait_s: float  # from submit to the start of its batch
+    run_s: float  # the batch's processing time
+
+
+@dataclass
+class _Pending(Generic[Request]):
+    request: Request
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class DynamicBatcher(Generic[Request, Result]):
+    """Coalesce concurrent ``submit`` calls into calls of ``process(requests) -> results``."""
+
+    def __init__(
+        self,
+        process: Callable[[list[Request]], Sequence[Result]],
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        queue_limit: int,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        if max_batch_size < 1 or queue_limit < 1 or max_queue_delay_s < 0:
+            raise ValueError("max_batch_size and queue_limit must be >= 1 and max_queue_delay_s >= 0")
+        self._process = process
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_s
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=queue_limit)
+        self._on_batch = on_batch
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="productrec-infer")
+        self._task: asyncio.Task | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for a batch (not counting the batch running now)."""
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        """Start the batching task on the running event loop."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="productrec-batcher")
+
+    async def submit(self, request: Request) -> Batched[Result]:
+        """Queue ``request`` and wait for its result (raises what ``process`` raised)."""
+        if self._task is None or self._task.done():
+            raise BatcherClosedError("the batcher is not running")
+        pending = _Pending(request, asyncio.get_running_loop().create_future())
+        try:
+            self._queue.put_nowait(pending)
+        except asyncio.QueueFull:
+            raise QueueFullError(f"the queue holds its limit of {self._queue.maxsize} requests") from None
+        return await pending.future
+
+    async def _loop(self) -> None:
+        while True:
+            batch = await self._collect()
+            if batch:
+                await self._run(batch)
+
+    async def _collect(self) -> list[_Pending]:
+        batch = [await self._queue.get()]
+        deadline = time.perf_counter() + self.max_queue_delay_s
+        try:
+            while len(batch) < self.max_batch_size:
+                try:
+                    batch.append(self._queue.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                try:
+                    async with asyncio.timeout(remaining):
+                        batch.append(await self._queue.get())
+                except TimeoutError:
+                    break
+        except asyncio.CancelledError:
+            _fail(batch, BatcherClosedError("the service is shutting down"))
+            raise
+        return [pending for pending in batch if not pending.future.done()]  # callers that gave up
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._process, [pending.request for pending in batch]
+            )
+            if len(results) != len(batch):
+                raise RuntimeError(f"process returned {len(results)} results for {len(batch)} requests")
+        except asyncio.CancelledError:
+            _fail(batch, BatcherClosedError("the service is shutting down"))
+            raise
+        except Exception as exc:
+            log.exception("batch of %d failed", len(batch))
+            _fail(batch, exc)
+            return
+        run_s = time.perf_counter() - started
+        if self._on_batch:
+            self._on_batch(len(batch), run_s)
+        for pending, result in zip(batch, results):
+            if not pending.future.done():
+                pending.future.set_result(Batched(result, len(batch), started - pending.enqueued, run_s))
+
+    async def close(self) -> None:
+        """Stop the task; requests still queued or running fail with ``BatcherClosedError``."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        waiting = []
+        while not self._queue.empty():
+            waiting.append(self._queue.get_nowait())
+        _fail(waiting, BatcherClosedError("the service is shutting down"))
+        await asyncio.to_thread(self._executor.shutdown, wait=True)  # lets a running batch finish, off the loop
+
+
+def _fail(batch: list[_Pending], exc: BaseException) -> None:
+    for pending in batch:
+        if not pending.future.done():
+            pending.future.set_exception(exc)

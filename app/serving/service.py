@@ -1,0 +1,194 @@
+"""The serving pipeline, LitServe-style: decode -> batch -> predict -> unbatch -> encode.
+
+decode: bytes -> TTA crops in a decode worker process (time-limited);
+batch: the crops of concurrent requests are queued in the dynamic batcher;
+predict: one ``Ensemble.member_probabilities`` call per batch on the inference
+thread, then ``app.ensemble.rank``; unbatch: each request gets its own rows;
+encode: a ``Prediction`` schema. Admission is bounded by ``queue_limit`` images.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from app.core.config import Settings
+from app.ensemble import Ranking, Strategy, rank
+from app.inference import Ensemble
+from app.schemas import LabelScore, MemberTop1, Prediction, Timings
+from app.serving.batcher import Batched, DynamicBatcher
+from app.serving.decode_pool import DecodePool
+from app.serving.metrics import ServingMetrics
+
+log = logging.getLogger("productrec.service")
+
+
+class ServiceOverloadedError(Exception):
+    """More images in flight than ``queue_limit`` allows (HTTP 503 with Retry-After)."""
+
+
+@dataclass(frozen=True)
+class InferenceRequest:
+    """One image's crops (one array per crop group) and how to rank it."""
+
+    crops: list[np.ndarray]
+    tta: bool
+    top_k: int
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    member_probs: np.ndarray  # [M, K]
+    ranking: Ranking
+
+
+class PredictionService:
+    """The loaded ensemble behind a decode pool and a dynamic batcher."""
+
+    def __init__(self, ensemble: Ensemble, settings: Settings, metrics: ServingMetrics) -> None:
+        self.ensemble = ensemble
+        self.settings = settings
+        self.metrics = metrics
+        self.strategy: Strategy = settings.strategy or ensemble.strategy
+        self.in_flight = 0
+        self._plans = {tta: ensemble.crop_plan(tta) for tta in (False, True)}
+        self.pool: DecodePool | None = None
+        self.batcher: DynamicBatcher[InferenceRequest, InferenceResult] | None = None
+
+    async def start(self) -> None:
+        """Start the decode workers and the batching task."""
+        settings = self.settings
+        self.pool = await asyncio.to_thread(
+            DecodePool, settings.decode_workers, settings.decode_timeout_s, self.metrics.decode_worker_restarts.inc
+        )
+        self.batcher = DynamicBatcher(
+            self._process,
+            settings.max_batch_size,
+            settings.max_queue_delay_ms / 1000.0,
+            settings.queue_limit,
+            on_batch=lambda size, _: self.metrics.batch_size.observe(size),
+        )
+        self.batcher.start()
+        log.info(
+            "serving %s (%d members, strategy %s): %d decode workers, batches of up to %d images within %.1f ms",
+            self.ensemble.spec.name,
+            len(self.ensemble.members),
+            self.strategy,
+            settings.decode_workers,
+            settings.max_batch_size,
+            settings.max_queue_delay_ms,
+        )
+
+    async def close(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.close()
+        if self.pool is not None:
+            await asyncio.to_thread(self.pool.close)
+
+    @property
+    def queue_depth(self) -> int:
+        return self.batcher.queue_depth if self.batcher else 0
+
+    async def predict(self, images: Sequence[bytes], top_k: int, tta: bool) -> list[Prediction | BaseException]:
+        """One outcome per image, in order: its prediction, or the exception that refused it."""
+        count = len(images)
+        if self.in_flight + count > self.settings.queue_limit:
+            raise ServiceOverloadedError(
+                f"{self.in_flight} images in flight; {count} more would exceed "
+                f"the queue limit of {self.settings.queue_limit}"
+            )
+        self.in_flight += count
+        started = time.perf_counter()
+        try:
+            return await asyncio.gather(
+                *(self._predict_one(data, top_k, tta, started) for data in images), return_exceptions=True
+            )
+        finally:
+            self.in_flight -= count
+
+    async def _predict_one(self, data: bytes, top_k: int, tta: bool, started: float) -> Prediction:
+        assert self.pool is not None and self.batcher is not None, "start() the service first"
+        decoded = await self.pool.decode_async(data, self._plans[tta], self.settings.max_image_pixels)
+        self.metrics.decode.observe(decoded.seconds)
+        batched = await self.batcher.submit(InferenceRequest(decoded.crops, tta, top_k))
+        self.metrics.queue_wait.observe(batched.queue_wait_s)
+        self.metrics.images.inc(str(tta).lower())
+        return self.encode(batched, tta, decoded.seconds, started)
+
+    def _process(self, requests: list[InferenceRequest]) -> list[InferenceResult]:
+        """predict + unbatch, on the inference thread: one member run per TTA setting in the batch."""
+        results: list[InferenceResult | None] = [None] * len(requests)
+        by_tta: dict[bool, list[int]] = defaultdict(list)
+        for index, request in enumerate(requests):
+            by_tta[request.tta].append(index)
+        for tta, indices in by_tta.items():
+            timings: dict[str, float] = {}
+            probs = self.ensemble.member_probabilities([requests[i].crops for i in indices], tta, timings)
+            for member, seconds in timings.items():
+                self.metrics.member_inference.observe(seconds, member)
+            by_top_k: dict[int, list[int]] = defaultdict(list)
+            for position, index in enumerate(indices):
+                by_top_k[requests[index].top_k].append(position)
+            for top_k, positions in by_top_k.items():
+                for position, ranking in zip(positions, rank(probs[:, positions], top_k, self.strategy)):
+                    results[indices[position]] = InferenceResult(probs[:, position], ranking)
+        return results  # type: ignore[return-value]
+
+    def encode(self, batched: Batched[InferenceResult], tta: bool, decode_s: float, started: float) -> Prediction:
+        """The response schema for one image."""
+        return encode_prediction(
+            self.ensemble,
+            batched.result,
+            self.strategy,
+            tta,
+            batch_size=batched.batch_size,
+            timings=Timings(
+                decode_ms=decode_s * 1000,
+                queue_ms=batched.queue_wait_s * 1000,
+                inference_ms=batched.run_s * 1000,
+                total_ms=(time.perf_counter() - started) * 1000,
+            ),
+        )
+
+
+def encode_prediction(
+    ensemble: Ensemble,
+    result: InferenceResult,
+    strategy: str,
+    tta: bool,
+    batch_size: int,
+    timings: Timings,
+) -> Prediction:
+    """Top-k labels with scores and votes, plus each member's top-1."""
+    labels = ensemble.labels
+    ranking = result.ranking
+    members = []
+    for member, probs in zip(ensemble.members, result.member_probs):
+        top1 = int(probs.argmax())
+        members.append(
+            MemberTop1(
+                name=member.manifest.name,
+                version=str(member.manifest.version),
+                index=top1,
+                label=labels[top1],
+                score=float(probs[top1]),
+            )
+        )
+    return Prediction(
+        labels=[
+            LabelScore(index=int(index), label=labels[int(index)], score=float(score), votes=int(votes))
+            for index, score, votes in zip(ranking.indices, ranking.scores, ranking.votes)
+        ],
+        members=members,
+        ensemble=ensemble.spec.name,
+        strategy=strategy,
+        tta=tta,
+        batch_size=batch_size,
+        timings=timings,
+    )

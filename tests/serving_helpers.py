@@ -1,0 +1,96 @@
+"""Helpers shared by the serving tests (test_api*.py, test_score.py): clients, images, metrics."""
+
+from __future__ import annotations
+
+import io
+import re
+import struct
+import zlib
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.core.config import Settings
+from app.main import create_app
+
+FAST_SETTINGS: dict[str, Any] = {"decode_workers": 2, "max_queue_delay_ms": 2.0, "intra_op_threads": 1}
+
+
+def settings_for(repository: Path, **overrides: Any) -> Settings:
+    """Settings for tests: no environment, small thread counts, the given overrides."""
+    return Settings(_env_prefix="PRODUCTREC_TEST_UNUSED_", repository=repository, **{**FAST_SETTINGS, **overrides})
+
+
+@contextmanager
+def serving(repository: Path, **overrides: Any) -> Iterator[TestClient]:
+    """A TestClient with the lifespan run (ensemble loaded, workers started) and shut down after."""
+    with TestClient(create_app(settings_for(repository, **overrides))) as client:
+        yield client
+
+
+def encode(image: Image.Image, format: str = "PNG", **save_options: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format, **save_options)
+    return buffer.getvalue()
+
+
+def noise_image(seed: int, size: tuple[int, int] = (28, 28), mode: str = "L") -> Image.Image:
+    channels = {"L": 1, "RGB": 3}[mode]
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+    return Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, mode)
+
+
+def png_claiming_size(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares ``width`` x ``height`` (a decompression-bomb header)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+@lru_cache
+def slow_png(width: int = 9000, height: int = 6000) -> bytes:
+    """A few tens of KB that cost about a second of CPU to decode and crop (a CPU bomb within the pixel limit)."""
+    return encode(Image.new("L", (width, height)), "PNG", compress_level=9)
+
+
+_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$")
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in a Prometheus text exposition (0 when absent)."""
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if not match or match["name"] != name:
+            continue
+        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match["labels"] or ""))
+        if found == {key: str(value) for key, value in labels.items()}:
+            return float(match["value"])
+    return 0.0
+
+
+def assert_same_ranking(labels: list[dict], indices, scores, votes, tolerance: float = 1e-5) -> None:
+    """``labels`` (from a response) rank like (indices, scores, votes), up to float noise.
+
+    Different batch compositions change onnxruntime's floats in the last bits, so two labels whose
+    scores are within ``tolerance`` (weakly trained members have such near-ties) may swap places.
+    """
+    indices, scores = list(indices), np.asarray(scores, dtype=np.float64)
+    assert [label["votes"] for label in labels] == list(votes)
+    np.testing.assert_allclose([label["score"] for label in labels], scores, rtol=0, atol=tolerance)
+    for position, label in enumerate(labels):
+        if label["index"] != indices[position]:
+            neighbours = scores[max(0, position - 1) : position + 2]
+            assert np.ptp(neighbours) < 2 * tolerance, f"labels differ at rank {position}: {labels} vs {indices}"

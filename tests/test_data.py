@@ -1,0 +1,524 @@
+"""The data layer: long-tail profile, label noise, the Fashion-MNIST-LT benchmark and user data sets."""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.cli import CommandError
+from training.config import DEFAULT_FMNIST_DIR, DataConfig
+from training.data import (
+    FASHION_MNIST_LABELS,
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
+    SIMILAR_CLASS,
+    ArrayImageSet,
+    BadImageError,
+    Splits,
+    build_splits,
+    format_histogram,
+    inject_noise,
+    load_fashion_mnist,
+    long_tail_counts,
+    main,
+    plot_histogram,
+)
+
+# --------------------------------------------------------------------------- generated image files
+
+
+def write_image(path: Path, seed: int, mode: str = "RGB", size: tuple[int, int] = (20, 16)) -> Path:
+    """A small random image; the format follows the suffix (PNG, JPEG, ...)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    channels = {"RGB": 3, "L": 1, "RGBA": 4}[mode]
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(size[1], size[0], channels), dtype=np.uint8)
+    Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels).save(path)
+    return path
+
+
+def write_bad_files(folder: Path) -> dict[str, Path]:
+    """A corrupt image, a zero-byte image and a truncated PNG (its header reads; its pixels do not)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    corrupt = folder / "corrupt.jpg"
+    corrupt.write_bytes(b"these bytes are not a JPEG" * 10)
+    empty = folder / "empty.png"
+    empty.write_bytes(b"")
+    return {"corrupt": corrupt, "empty": empty}
+
+
+CLASS_SIZES = {"boots": 6, "hats": 4, "shirts": 3}
+
+
+@pytest.fixture()
+def image_folder(tmp_path: Path) -> Path:
+    """ImageFolder tree: 3 classes of PNG/JPEG (RGB, grey, RGBA, nested folder), plus bad files."""
+    root = tmp_path / "catalogue"
+    seed = 0
+    for name, count in CLASS_SIZES.items():
+        for i in range(count):
+            suffix, mode = [(".png", "RGB"), (".jpg", "RGB"), (".png", "L"), (".png", "RGBA")][i % 4]
+            folder = root / name / ("nested" if i == 1 else "")
+            write_image(folder / f"{name}_{i}{suffix}", seed, mode)
+            seed += 1
+    write_bad_files(root / "hats")
+    (root / "boots" / "notes.txt").write_text("not an image")
+    (root / "boots" / ".DS_Store").write_bytes(b"\0")
+    (root / "README.md").write_text("top-level file")
+    return root
+
+
+def bad_reasons(splits: Splits) -> dict[str, str]:
+    return {Path(path).name: reason for path, reason in splits.skipped}
+
+
+# --------------------------------------------------------------------------- long tail
+
+
+def test_long_tail_counts_match_hand_values() -> None:
+    # 5500 * 100^(-i/9): 5500, 3297.2, 1976.6, 1184.9, 710.4, 425.8, 255.3, 153.0, 91.7, 55
+    expected = [5500, 3297, 1976, 1184, 710, 425, 255, 153, 91, 55]
+    assert long_tail_counts(5500, 10, 100.0).tolist() == expected
+    assert long_tail_counts(1000, 3, 10.0).tolist() == [1000, 316, 100]  # 1000 / sqrt(10) = 316.2
+    assert long_tail_counts(50, 4, 1.0).tolist() == [50, 50, 50, 50]
+    assert long_tail_counts(7, 1, 100.0).tolist() == [7]
+
+
+def test_long_tail_counts_respect_rho_and_floor_at_one() -> None:
+    counts = long_tail_counts(6000, 10, 50.0)
+    assert counts[0] / counts[-1] == pytest.approx(50.0, rel=1e-3)
+    assert np.all(np.diff(counts) < 0)
+    assert long_tail_counts(5, 2, 100.0).tolist() == [5, 1]  # 0.05 rounds down to 0, raised to 1
+    for bad in [(0, 10, 10.0), (10, 0, 10.0), (10, 10, 0.5)]:
+        with pytest.raises(ValueError):
+            long_tail_counts(*bad)
+
+
+# --------------------------------------------------------------------------- label noise
+
+
+BALANCED = np.repeat(np.arange(10), 3000)
+
+
+@pytest.mark.parametrize("noise_type", ["symmetric", "asymmetric"])
+@pytest.mark.parametrize("rate", [0.2, 0.4])
+def test_noise_rate_realised_within_tolerance(noise_type: str, rate: float) -> None:
+    noisy = inject_noise(BALANCED, 10, rate, noise_type, np.random.default_rng(1))
+    # 30,000 Bernoulli(r) flips: the standard deviation of the rate is below 0.003.
+    assert np.mean(noisy != BALANCED) == pytest.approx(rate, abs=0.012)
+    assert noisy.dtype == np.int64 and noisy.shape == BALANCED.shape
+
+
+def test_symmetric_noise_flips_uniformly_to_other_classes() -> None:
+    noisy = inject_noise(BALANCED, 10, 1.0, "symmetric", np.random.default_rng(2))
+    assert np.all(noisy != BALANCED)  # rate 1: every label flipped, never to itself
+    transitions = np.zeros((10, 10), dtype=np.int64)
+    np.add.at(transitions, (BALANCED, noisy), 1)
+    off_diagonal = transitions[~np.eye(10, dtype=bool)]
+    # 3000 flips per class spread over 9 targets: 333 each, standard deviation ~17.
+    assert off_diagonal.min() > 260 and off_diagonal.max() < 410
+
+
+def test_asymmetric_noise_flips_only_to_the_similar_class() -> None:
+    noisy = inject_noise(BALANCED, 10, 0.4, "asymmetric", np.random.default_rng(3))
+    flipped = noisy != BALANCED
+    expected = np.array([SIMILAR_CLASS[k] for k in BALANCED[flipped]])
+    assert np.array_equal(noisy[flipped], expected)
+    for clean in range(10):  # every class flips, at about the rate
+        assert np.mean(flipped[BALANCED == clean]) == pytest.approx(0.4, abs=0.04)
+
+
+def test_similar_class_map_pairs_look_alikes() -> None:
+    assert sorted(SIMILAR_CLASS) == list(range(10))
+    assert all(source != target for source, target in SIMILAR_CLASS.items())
+    names = {FASHION_MNIST_LABELS[s]: FASHION_MNIST_LABELS[t] for s, t in SIMILAR_CLASS.items()}
+    for a, b in [("Shirt", "T-shirt/top"), ("Pullover", "Coat"), ("Sneaker", "Ankle boot")]:
+        assert names[a] == b and names[b] == a
+
+
+def test_noise_is_deterministic_and_validated() -> None:
+    first = inject_noise(BALANCED, 10, 0.3, "symmetric", np.random.default_rng(4))
+    again = inject_noise(BALANCED, 10, 0.3, "symmetric", np.random.default_rng(4))
+    other = inject_noise(BALANCED, 10, 0.3, "symmetric", np.random.default_rng(5))
+    assert np.array_equal(first, again) and not np.array_equal(first, other)
+    assert np.array_equal(inject_noise(BALANCED, 10, 0.0, "asymmetric", np.random.default_rng(0)), BALANCED)
+    labels = BALANCED.copy()
+    inject_noise(labels, 10, 0.5, "symmetric", np.random.default_rng(0))
+    assert np.array_equal(labels, BALANCED)  # the input is not modified
+    for rate, noise_type, n_classes in [(1.5, "symmetric", 10), (0.2, "pairwise", 10), (0.2, "asymmetric", 12)]:
+        with pytest.raises(ValueError):
+            inject_noise(BALANCED, n_classes, rate, noise_type, np.random.default_rng(0))
+
+
+# --------------------------------------------------------------------------- Fashion-MNIST files
+
+
+def test_load_fashion_mnist_reads_the_installed_files() -> None:
+    train_images, train_labels, test_images, test_labels = load_fashion_mnist(DEFAULT_FMNIST_DIR)
+    assert train_images.shape == (60000, 28, 28) and train_images.dtype == np.uint8
+    assert test_images.shape == (10000, 28, 28)
+    assert train_labels.dtype == np.int64 and test_labels.dtype == np.int64
+    assert np.bincount(train_labels).tolist() == [6000] * 10
+    assert np.bincount(test_labels).tolist() == [1000] * 10
+    frequency = np.bincount(train_images.ravel(), minlength=256) / train_images.size  # exact, no float copy
+    values = np.arange(256) / 255.0
+    mean = frequency @ values
+    assert mean == pytest.approx(FASHION_MNIST_MEAN, abs=1e-4)
+    assert np.sqrt(frequency @ (values - mean) ** 2) == pytest.approx(FASHION_MNIST_STD, abs=1e-4)
+    assert load_fashion_mnist(DEFAULT_FMNIST_DIR)[0] is train_images  # cached within the process
+    assert not train_images.flags.writeable  # so the cache cannot be altered
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
+    header = bytes((0, 0, 0x08, array.ndim)) + b"".join(n.to_bytes(4, "big") for n in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(data) if compress else data)
+
+
+def test_load_fashion_mnist_reads_uncompressed_and_rejects_bad_files(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
+    labels = np.array([0, 1, 2, 3, 9])
+    for prefix, compress in [("train", False), ("t10k", True)]:
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte{'.gz' if compress else ''}", images, compress)
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte{'.gz' if compress else ''}", labels, compress)
+    train_images, train_labels, test_images, test_labels = load_fashion_mnist(tmp_path)
+    assert np.array_equal(train_images, images) and np.array_equal(test_labels, labels)
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for file in tmp_path.glob("*ubyte*"):
+        (broken / file.name).write_bytes(file.read_bytes())
+    (broken / "train-labels-idx1-ubyte").write_bytes(bytes((0, 0, 8, 1)) + (7).to_bytes(4, "big") + b"\0" * 5)
+    with pytest.raises(ValueError, match="train-labels-idx1-ubyte.*shape"):
+        load_fashion_mnist(broken)
+
+
+def test_load_fashion_mnist_missing_names_the_path_and_the_package(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError) as error:
+        load_fashion_mnist(tmp_path / "nowhere")
+    message = str(error.value)
+    assert str(tmp_path / "nowhere") in message
+    assert "apt-get install dataset-fashion-mnist" in message and "--fmnist-dir" in message
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+
+@pytest.fixture(scope="module")
+def benchmark() -> Splits:
+    return build_splits(DataConfig())  # rho = 100, 40% symmetric noise, 500 validation images per class
+
+
+def test_benchmark_training_split_follows_the_long_tail(benchmark: Splits) -> None:
+    train = benchmark.train
+    assert np.bincount(train.clean_labels, minlength=10).tolist() == long_tail_counts(5500, 10, 100.0).tolist()
+    assert benchmark.class_counts.tolist() == np.bincount(train.labels, minlength=10).tolist()
+    assert benchmark.class_counts.sum() == len(train) == 13646
+    assert benchmark.label_names == list(FASHION_MNIST_LABELS)
+    assert benchmark.in_chans == train.in_chans == 1
+
+
+def test_benchmark_noise_is_in_the_training_split_only(benchmark: Splits) -> None:
+    train = benchmark.train
+    assert benchmark.noise_rate_realised == pytest.approx(np.mean(train.labels != train.clean_labels))
+    assert benchmark.noise_rate_realised == pytest.approx(0.4, abs=0.02)
+    _, file_train_labels, _, file_test_labels = load_fashion_mnist(DEFAULT_FMNIST_DIR)
+    assert np.array_equal(train.clean_labels, file_train_labels[train.source_indices])
+    for split, file_labels in [(benchmark.val, file_train_labels), (benchmark.test, file_test_labels)]:
+        assert np.array_equal(split.labels, file_labels[split.source_indices])
+        assert np.array_equal(split.labels, split.clean_labels)
+
+
+def test_benchmark_validation_is_balanced_and_disjoint(benchmark: Splits) -> None:
+    val, test = benchmark.val, benchmark.test
+    assert np.bincount(val.labels).tolist() == [500] * 10
+    assert not set(val.source_indices.tolist()) & set(benchmark.train.source_indices.tolist())
+    assert len(test) == 10000 and np.bincount(test.labels).tolist() == [1000] * 10
+
+
+def test_benchmark_images_load_and_describe_themselves(benchmark: Splits) -> None:
+    train_images, *_ = load_fashion_mnist(DEFAULT_FMNIST_DIR)
+    index = int(benchmark.train.source_indices[7])
+    image = benchmark.train.load(7)
+    assert image.mode == "L" and image.size == (28, 28)
+    assert np.array_equal(np.asarray(image), train_images[index])
+    assert benchmark.train.describe(7) == f"fashion-mnist train #{index}"
+    assert benchmark.test.describe(3) == "fashion-mnist test #3"
+    image, label = benchmark.val[0]
+    assert label == benchmark.val.labels[0] and image.size == (28, 28)
+
+
+def test_benchmark_is_deterministic_by_seed(benchmark: Splits) -> None:
+    again = build_splits(DataConfig())
+    assert again.fingerprint == benchmark.fingerprint
+    assert np.array_equal(again.train.source_indices, benchmark.train.source_indices)
+    assert np.array_equal(again.train.labels, benchmark.train.labels)
+    other = build_splits(DataConfig(data_seed=1))
+    assert other.fingerprint != benchmark.fingerprint
+    assert not np.array_equal(other.train.source_indices, benchmark.train.source_indices)
+    assert not np.array_equal(other.val.source_indices, benchmark.val.source_indices)
+    # Noise and profile options do not move the validation split.
+    clean = build_splits(DataConfig(noise_rate=0.0, imbalance_ratio=10.0))
+    assert np.array_equal(clean.val.source_indices, benchmark.val.source_indices)
+    assert clean.fingerprint != benchmark.fingerprint
+
+
+def test_benchmark_options(benchmark: Splits) -> None:
+    config = DataConfig(
+        imbalance_ratio=10.0,
+        max_per_class=100,
+        val_per_class=50,
+        test_per_class=20,
+        noise_rate=0.3,
+        noise_type="asymmetric",
+    )
+    splits = build_splits(config)
+    assert np.bincount(splits.train.clean_labels).tolist() == [100, 77, 59, 46, 35, 27, 21, 16, 12, 10]
+    assert np.bincount(splits.val.labels).tolist() == [50] * 10
+    assert np.bincount(splits.test.labels).tolist() == [20] * 10
+    flipped = splits.train.labels != splits.train.clean_labels
+    assert flipped.any()
+    assert all(SIMILAR_CLASS[c] == n for c, n in zip(splits.train.clean_labels[flipped], splits.train.labels[flipped]))
+    # The test subset is the first images of each class in file order, the same for every seed.
+    other_seed = build_splits(DataConfig(data_seed=9, test_per_class=20))
+    assert np.array_equal(other_seed.test.source_indices, splits.test.source_indices)
+    assert np.array_equal(build_splits(DataConfig(noise_rate=0.0)).train.labels, benchmark.train.clean_labels)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"val_per_class": 6000}, "val_per_class"),
+        ({"val_per_class": 0}, "val_per_class"),
+        ({"max_per_class": 5600}, "max_per_class"),
+        ({"max_per_class": 0}, "max_per_class"),
+        ({"test_per_class": 1001}, "test_per_class"),
+        ({"noise_rate": 1.2}, "noise rate"),
+        ({"noise_rate": 1.0, "noise_type": "asymmetric"}, "Sandal"),  # nothing maps to Sandal
+        ({"val_dataset": "val.csv"}, "user data sets"),
+    ],
+)
+def test_benchmark_rejects_bad_options(options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build_splits(DataConfig(**options))
+
+
+def test_benchmark_missing_directory_is_file_not_found(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
+        build_splits(DataConfig(fmnist_dir=str(tmp_path)))
+
+
+# --------------------------------------------------------------------------- user data sets
+
+
+def test_image_folder_reports_and_skips_bad_files(image_folder: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="training.data"):
+        splits = build_splits(DataConfig(dataset=str(image_folder), val_per_class=1))
+    assert splits.label_names == ["boots", "hats", "shirts"]
+    reasons = bad_reasons(splits)
+    assert set(reasons) == {"corrupt.jpg", "empty.png", "notes.txt", "README.md"}
+    assert reasons["corrupt.jpg"] == "not an image (no format Pillow recognises)"
+    assert reasons["empty.png"] == "empty file (0 bytes)"
+    assert "extension" in reasons["notes.txt"] and "class folder" in reasons["README.md"]
+    for path, _ in splits.skipped:
+        assert path in caplog.text  # each reported with its path
+    described = [s.describe(i) for s in (splits.train, splits.val) for i in range(len(s))]
+    assert len(described) == sum(CLASS_SIZES.values()) == len(set(described))
+    assert not any(Path(p).name in reasons for p in described)
+    assert splits.in_chans == 3 and splits.test is None
+    assert splits.noise_rate_realised is None and splits.train.clean_labels is None
+
+
+def test_image_folder_stratified_validation_keeps_training_images(image_folder: Path) -> None:
+    splits = build_splits(DataConfig(dataset=str(image_folder), val_per_class=2))
+    # At most val_per_class and at most half of each class go to validation.
+    assert np.bincount(splits.val.labels, minlength=3).tolist() == [2, 2, 1]
+    assert splits.class_counts.tolist() == [4, 2, 2]
+    assert splits.class_counts.tolist() == np.bincount(splits.train.labels, minlength=3).tolist()
+    assert not {splits.train.describe(i) for i in range(len(splits.train))} & {
+        splits.val.describe(i) for i in range(len(splits.val))
+    }
+    image, label = splits.train[0]
+    assert image.mode == "RGB" and label == splits.train.labels[0]
+    again = build_splits(DataConfig(dataset=str(image_folder), val_per_class=2))
+    other = build_splits(DataConfig(dataset=str(image_folder), val_per_class=2, data_seed=3))
+    assert again.fingerprint == splits.fingerprint
+    assert other.fingerprint != splits.fingerprint
+    # Only the images and labels define the data: noise options do not apply to user data.
+    without_noise = build_splits(DataConfig(dataset=str(image_folder), val_per_class=2, noise_rate=0.0))
+    assert without_noise.fingerprint == splits.fingerprint
+
+
+def test_truncated_file_fails_at_load_with_its_path(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    for i in range(2):
+        write_image(root / "a" / f"{i}.png", i)
+        write_image(root / "b" / f"{i}.png", i + 10)
+    big = write_image(root / "a" / "truncated.png", 99, size=(200, 200))
+    big.write_bytes(big.read_bytes()[:300])  # the header still reads, the pixels do not
+    splits = build_splits(DataConfig(dataset=str(root), val_per_class=1))
+    assert not splits.skipped  # the cheap scan reads headers only
+    [(image_set, index)] = [
+        (s, i) for s in (splits.train, splits.val) for i in range(len(s)) if s.describe(i) == str(big.resolve())
+    ]
+    with pytest.raises(BadImageError) as error:
+        image_set.load(index)
+    assert str(big.resolve()) in str(error.value) and error.value.path == str(big.resolve())
+
+
+def test_images_over_the_pixel_limit_are_skipped(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    for i in range(2):
+        write_image(root / "a" / f"{i}.png", i, size=(20, 20))
+        write_image(root / "b" / f"{i}.png", i + 10, size=(20, 20))
+    write_image(root / "b" / "poster.png", 5, size=(40, 30))
+    splits = build_splits(DataConfig(dataset=str(root), val_per_class=1), max_pixels=1000)
+    poster = str((root / "b" / "poster.png").resolve())
+    assert splits.skipped == [(poster, "image is 40x30 = 1200 pixels; the limit is 1000")]
+    assert len(splits.train) + len(splits.val) == 4
+
+
+def test_fingerprint_does_not_depend_on_where_the_data_lies(image_folder: Path, tmp_path: Path) -> None:
+    copy = shutil.copytree(image_folder, tmp_path / "copy" / "catalogue")
+    original = build_splits(DataConfig(dataset=str(image_folder), val_per_class=1))
+    moved = build_splits(DataConfig(dataset=str(copy), val_per_class=1))
+    assert moved.fingerprint == original.fingerprint
+    (copy / "shirts" / "shirts_0.png").rename(copy / "shirts" / "renamed.png")
+    assert build_splits(DataConfig(dataset=str(copy), val_per_class=1)).fingerprint != original.fingerprint
+
+
+def test_csv_manifest_resolves_paths_and_reports_bad_rows(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    rows = []
+    for i in range(8):
+        label = ["sku-b", "sku-a"][i % 2]
+        write_image(images / f"{i}.jpg", i)
+        rows.append(f"images/{i}.jpg,{label}")
+    elsewhere = write_image(tmp_path / "elsewhere" / "absolute.png", 50)
+    bad = write_bad_files(images)
+    rows += [f"{elsewhere},sku-c", f"{elsewhere},sku-c"]  # lines 10-11
+    rows += ["images/missing.png,sku-a", "images/corrupt.jpg,sku-a", "images/empty.png,sku-b", ",sku-a"]  # 12-15
+    manifest = tmp_path / "train.csv"
+    manifest.write_text("path,label\n" + "\n".join(rows) + "\n")
+    splits = build_splits(DataConfig(dataset=str(manifest), val_per_class=1))
+    assert splits.label_names == ["sku-a", "sku-b", "sku-c"]  # sorted class names
+    reasons = dict(splits.skipped)
+    assert reasons[str(images / "missing.png")] == "file not found"
+    assert str(bad["corrupt"]) in reasons and str(bad["empty"]) in reasons
+    assert reasons[f"{manifest}:15"] == "row without a path or a label"
+    assert len(splits.train) + len(splits.val) == 10
+    assert splits.class_counts.tolist() == [3, 3, 1]
+    names = {splits.train.describe(i) for i in range(len(splits.train))}
+    assert str(elsewhere) in names
+
+
+def test_csv_validation_and_test_sets_with_unknown_labels(tmp_path: Path) -> None:
+    def manifest(name: str, labels: list[str]) -> Path:
+        rows = [f"{name}/{i}.png,{label}" for i, label in enumerate(labels)]
+        for i in range(len(labels)):
+            write_image(tmp_path / name / f"{i}.png", len(name) * 100 + i)
+        path = tmp_path / f"{name}.csv"
+        path.write_text("path,label,comment\n" + "\n".join(f"{row},x" for row in rows) + "\n")
+        return path
+
+    train = manifest("train", ["a", "b", "a", "b"])
+    val = manifest("val", ["a", "b", "c"])
+    test = manifest("test", ["b", "a"])
+    splits = build_splits(DataConfig(dataset=str(train), val_dataset=str(val), test_dataset=str(test)))
+    assert len(splits.train) == 4 and len(splits.val) == 2 and len(splits.test) == 2
+    assert splits.skipped == [(str(tmp_path / "val" / "2.png"), "class 'c' is not one of the training classes")]
+    assert splits.test.labels.tolist() == [1, 0]
+
+
+def only_top_level_files(root: Path) -> Path:
+    write_image(root / "loose.png", 0)
+    return root
+
+
+def only_bad_files(root: Path) -> Path:
+    write_bad_files(root / "a")
+    return root
+
+
+def one_empty_class(root: Path) -> Path:
+    write_image(root / "a" / "0.png", 0)
+    write_image(root / "a" / "1.png", 1)
+    (root / "b").mkdir()
+    return root
+
+
+def csv_file(text: str, suffix: str = ".csv"):
+    def make(root: Path) -> Path:
+        root.mkdir()
+        (root / f"manifest{suffix}").write_text(text)
+        return root / f"manifest{suffix}"
+
+    return make
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (only_top_level_files, "no class folders"),
+        (only_bad_files, "no usable images"),
+        (one_empty_class, "no usable images for class.*b"),
+        (csv_file("file,class\nx.png,a\n"), "header 'path,label'"),
+        (csv_file("path,label\n"), "no usable images"),
+        (csv_file("path,label\n", suffix=".txt"), "expected an ImageFolder"),
+    ],
+)
+def test_unusable_user_data_is_a_clear_value_error(tmp_path: Path, make, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build_splits(DataConfig(dataset=str(make(tmp_path / "data"))))
+
+
+def test_missing_user_data_set_is_file_not_found(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="ImageFolder"):
+        build_splits(DataConfig(dataset=str(tmp_path / "nope")))
+
+
+# --------------------------------------------------------------------------- report and CLI
+
+
+def test_format_histogram_lists_every_class_and_the_noise(benchmark: Splits) -> None:
+    text = format_histogram(benchmark)
+    for name in FASHION_MNIST_LABELS:
+        assert name in text
+    assert f"{benchmark.noise_rate_realised:.2%}" in text
+    assert "5,500/55 = 100.0" in text  # the clean profile's imbalance
+
+
+def test_format_histogram_elides_the_middle_of_many_classes() -> None:
+    labels = np.repeat(np.arange(100), np.arange(100, 0, -1))
+    images = np.zeros((labels.size, 2, 2), dtype=np.uint8)
+    image_set = ArrayImageSet(images, labels, None, np.arange(labels.size), "generated")
+    names = [f"class-{k}" for k in range(100)]
+    splits = Splits(image_set, image_set, None, names, np.bincount(labels), "0" * 64, [], 1, None)
+    text = format_histogram(splits, max_rows=10)
+    assert "class-0 " in text and "class-99 " in text and "class-50 " not in text
+    assert "90 classes" in text and "unknown" in text
+
+
+def test_main_prints_histogram_and_writes_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plot = tmp_path / "plots" / "histogram.png"
+    assert main(argparse.Namespace(dataset="fmnist-lt", noise_type="asymmetric", plot=plot)) == 0
+    output = capsys.readouterr().out
+    assert "Ankle boot" in output and "Label noise realised" in output
+    assert "train 13,646, val 5,000, test 10,000" in output
+    with Image.open(plot) as image:
+        assert image.format == "PNG" and image.width > 300
+
+
+def test_main_lists_skipped_files_and_maps_errors(image_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argparse.Namespace(dataset=str(image_folder), val_per_class=1)) == 0
+    output = capsys.readouterr().out
+    assert "Skipped files: 4" in output and str(image_folder / "hats" / "corrupt.jpg") in output
+    with pytest.raises(CommandError, match="not found"):
+        main(argparse.Namespace(dataset=str(image_folder / "missing")))

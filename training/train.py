@@ -1,0 +1,530 @@
+"""``productrec train``: a timm classifier trained with SGD and a plateau schedule.
+
+The learning rate is divided by 10 when the validation top-1 error has not
+improved for ``patience`` epochs, and training stops when it would fall below
+``min_lr`` (or at ``epochs``). Augmentation is ``app.preprocess.random_scaled_crop``
+and validation the single centre crop of ``app.preprocess.tta_crops``: the same
+resize and crop code the service runs. See ``training.runs`` for what a run
+directory holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from tqdm import tqdm
+
+from app.manifest import write_json
+from app.preprocess import PreprocessConfig, random_scaled_crop, tta_crops
+from training.config import FMNIST_BENCHMARK, ConfigError, TrainConfig, command_line, config_from_args, user_errors
+from training.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, BadImageError, ImageSet, Splits, build_splits
+from training.losses import SymmetricCrossEntropy, create_loss
+from training.models import check_model_config, create_model, model_normalization
+from training.plots import plot_curves
+from training.runs import (
+    BEST_CHECKPOINT,
+    CONFIG_FILE,
+    CURVES_FILE,
+    DATA_FILE,
+    LAST_CHECKPOINT,
+    METRICS_FILE,
+    load_checkpoint,
+    preprocess_config,
+    save_checkpoint,
+)
+
+log = logging.getLogger("productrec.train")
+
+PLOT_INTERVAL_S = 60  # curves.png is redrawn at most this often while training, and at the end
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+@dataclass
+class PlateauSchedule:
+    """lr × ``factor`` after ``patience`` epochs without a lower validation error; finished below ``min_lr``."""
+
+    lr: float
+    patience: int
+    min_lr: float
+    factor: float = 0.1
+    best: float = math.inf
+    epochs_without_improvement: int = 0
+
+    @property
+    def finished(self) -> bool:
+        # The relative tolerance keeps 0.01 × 0.1 × 0.1 (= 1.0000000000000002e-4) from missing min_lr = 1e-4.
+        return self.lr < self.min_lr * (1 - 1e-9)
+
+    def step(self, val_error: float) -> bool:
+        """Record one epoch's validation error; True when it is a new best."""
+        if val_error < self.best:
+            self.best = val_error
+            self.epochs_without_improvement = 0
+            return True
+        self.epochs_without_improvement += 1
+        if self.epochs_without_improvement >= self.patience:
+            self.lr *= self.factor
+            self.epochs_without_improvement = 0
+            log.info("validation error has not improved for %d epochs: lr -> %.2e", self.patience, self.lr)
+        return False
+
+    def state_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A sample whose image could not be read (reported once, left out of the batch)."""
+
+    reason: str
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor | None  # None when every sample of the batch was skipped
+    labels: torch.Tensor | None
+    skipped: list[str]
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Yields (epoch, index): a reshuffle per epoch, seeded by (seed, epoch), so a resumed run sees the same order."""
+
+    def __init__(self, size: int, seed: int, shuffle: bool) -> None:
+        self.size, self.seed, self.shuffle, self.epoch = size, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            order = range(self.size)
+        return ((self.epoch, index) for index in order)
+
+
+class TorchImageSet(Dataset):
+    """An ``ImageSet`` as tensors: random scaled crops for training, the first TTA size's centre crop otherwise.
+
+    Keys are (epoch, index); the augmentation is seeded by (seed, epoch, index),
+    so it is the same whatever the number of workers, and after a resume.
+    """
+
+    def __init__(self, images: ImageSet, preprocess: PreprocessConfig, augment: bool, flip: bool = False, seed: int = 0) -> None:
+        self.images, self.preprocess, self.augment, self.flip, self.seed = images, preprocess, augment, flip, seed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int] | Skipped:
+        epoch, index = key
+        try:
+            image = self.images.load(index)
+        except BadImageError as exc:
+            return Skipped(str(exc))
+        if self.augment:
+            rng = np.random.default_rng((self.seed, epoch, index))
+            pixels = random_scaled_crop(image, self.preprocess, rng, self.flip)
+        else:
+            pixels = tta_crops(image, self.preprocess, self.preprocess.sizes(tta=False))[0]
+        return torch.from_numpy(pixels), int(self.images.labels[index])
+
+
+def collate(samples: Sequence[tuple[torch.Tensor, int] | Skipped]) -> Batch:
+    """Stack the readable samples; keep the reasons of the skipped ones."""
+    good = [sample for sample in samples if not isinstance(sample, Skipped)]
+    skipped = [sample.reason for sample in samples if isinstance(sample, Skipped)]
+    if not good:
+        return Batch(None, None, skipped)
+    images, labels = default_collate(good)
+    return Batch(images, labels, skipped)
+
+
+def make_loader(dataset: TorchImageSet, batch_size: int, workers: int, seed: int, shuffle: bool, pin_memory: bool) -> DataLoader:
+    sampler = EpochSampler(len(dataset), seed, shuffle)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        # A last batch of one sample breaks BatchNorm in training mode.
+        drop_last=shuffle and len(dataset) > batch_size,
+    )
+
+
+class SkipLog:
+    """Logs each unreadable image once and remembers it for data.json."""
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+
+    def add(self, reasons: Sequence[str]) -> None:
+        for reason in reasons:
+            if reason not in self.reasons:
+                log.warning("skipping unreadable image %s", reason)
+                self.reasons.append(reason)
+
+
+# --------------------------------------------------------------------------- device and RNG
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda, but CUDA is not available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """bf16 where the GPU has it, else fp16 (with a GradScaler); None (fp32) on the CPU or without --amp."""
+    if device.type != "cuda" or not amp:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG, as tensors and plain values (weights-only loadable)."""
+    numpy_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    version, key, *rest = state["python"]
+    random.setstate((version, tuple(key), *rest))
+    name, keys, *numpy_rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *numpy_rest))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- one epoch
+
+
+@dataclass
+class EpochResult:
+    loss: float
+    error: float
+    samples: int
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: SymmetricCrossEntropy,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    skips: SkipLog,
+    description: str,
+) -> EpochResult:
+    model.train()
+    total_loss, wrong, seen = 0.0, 0, 0
+    progress = tqdm(loader, desc=description, unit="batch", leave=False, dynamic_ncols=True)
+    for batch in progress:
+        skips.add(batch.skipped)
+        if batch.images is None or len(batch.labels) < 2:
+            continue
+        images = batch.images.to(device, non_blocking=True)
+        labels = batch.labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = model(images)
+        loss = loss_fn(logits, labels)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{description}: the loss is {loss.item()} (lower --lr?)")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        total_loss += loss.item() * len(labels)
+        wrong += int((logits.argmax(dim=1) != labels).sum())
+        seen += len(labels)
+        progress.set_postfix(loss=f"{total_loss / seen:.4f}", error=f"{wrong / seen:.3f}")
+    if seen == 0:
+        raise RuntimeError(f"{description}: no readable training image")
+    return EpochResult(total_loss / seen, wrong / seen, seen)
+
+
+@torch.inference_mode()
+def top1_error(model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype: torch.dtype | None, skips: SkipLog) -> float:
+    """Top-1 error of ``model`` over ``loader`` (unreadable images are left out)."""
+    model.eval()
+    wrong, seen = 0, 0
+    for batch in loader:
+        skips.add(batch.skipped)
+        if batch.images is None:
+            continue
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = model(batch.images.to(device, non_blocking=True))
+        wrong += int((logits.argmax(dim=1).cpu() != batch.labels).sum())
+        seen += len(batch.labels)
+    if seen == 0:
+        raise RuntimeError("no readable validation image")
+    return wrong / seen
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def resolve_config(config: TrainConfig, splits: Splits, model: nn.Module) -> TrainConfig:
+    """Fill in mean/std: given ones, Fashion-MNIST's for the benchmark, else the model's (ImageNet's)."""
+    in_chans = splits.in_chans
+    model_config = config.model
+    if model_config.mean is not None and model_config.std is not None:
+        mean, std = model_config.mean, model_config.std
+        if len(mean) == 1 or len(std) == 1:
+            mean, std = mean * (in_chans // len(mean)), std * (in_chans // len(std))
+        if len(mean) != in_chans or len(std) != in_chans:
+            raise ConfigError(f"--mean/--std need 1 or {in_chans} values for {in_chans}-channel images")
+    elif config.data.dataset == FMNIST_BENCHMARK:
+        mean, std = (FASHION_MNIST_MEAN,) * in_chans, (FASHION_MNIST_STD,) * in_chans
+    else:
+        mean, std = model_normalization(model, in_chans)
+    return replace(config, model=replace(model_config, mean=tuple(map(float, mean)), std=tuple(map(float, std))))
+
+
+def data_summary(splits: Splits, config: TrainConfig) -> dict[str, Any]:
+    """data.json: what the service and the evaluation need to know about the training data."""
+    return {
+        "label_names": list(splits.label_names),
+        "class_counts": [int(count) for count in splits.class_counts],
+        "fingerprint": splits.fingerprint,
+        "noise_rate_realised": splits.noise_rate_realised,
+        "in_chans": splits.in_chans,
+        "mean": list(config.model.mean or ()),
+        "std": list(config.model.std or ()),
+        "sizes": {
+            "train": len(splits.train),
+            "val": len(splits.val),
+            "test": None if splits.test is None else len(splits.test),
+        },
+        "skipped": [list(entry) for entry in splits.skipped],
+    }
+
+
+class TrainingRun:
+    """One run, prepared (data, model, optimizer, possibly resumed) and ready to ``fit``."""
+
+    def __init__(self, config: TrainConfig, command: str = "") -> None:
+        """Check the options and read the data, raising ``ConfigError``/``ValueError``/``FileNotFoundError`` on bad input."""
+        config.validate()
+        check_model_config(config.model.model, None if config.run.resume else config.model.pretrained)
+        self.run_dir = Path(config.run.output)
+        last = self.run_dir / LAST_CHECKPOINT
+        if not config.run.resume and last.exists():
+            raise ConfigError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --output")
+        self.device = resolve_device(config.run.device)
+        self.amp_dtype = autocast_dtype(self.device, config.run.amp)
+        seed_everything(config.run.seed)
+        self.splits = build_splits(config.data)
+        resume_from = load_checkpoint(last) if config.run.resume else None
+        pretrained = None if resume_from else config.model.pretrained
+        self.model = create_model(
+            config.model.model, len(self.splits.label_names), self.splits.in_chans, pretrained, config.model.model_kwargs
+        )
+        self.command = command or command_line(config)
+        self.config = resolve_config(config, self.splits, self.model)
+        self.model.to(self.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
+
+        optim = self.config.optim
+        self.loss_fn = create_loss(
+            self.config.loss.loss,
+            self.splits.class_counts.tolist(),
+            self.config.loss.alpha,
+            self.config.loss.beta,
+            self.config.loss.log_zero,
+            self.config.loss.drw_epoch,
+        ).to(self.device)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.schedule = PlateauSchedule(optim.lr, optim.patience, optim.min_lr)
+        self.start_epoch, self.best_epoch = 0, 0
+        self.skips = SkipLog()
+        if resume_from is not None:
+            self._resume(resume_from)
+        self.preprocess = preprocess_config(self.config.model, self.splits.in_chans)
+
+        pin = self.device.type == "cuda"
+        run = self.config.run
+        train_set = TorchImageSet(self.splits.train, self.preprocess, augment=True, flip=self.config.model.hflip, seed=run.seed)
+        val_set = TorchImageSet(self.splits.val, self.preprocess, augment=False)
+        self.train_loader = make_loader(train_set, optim.batch_size, run.workers, run.seed, shuffle=True, pin_memory=pin)
+        self.val_loader = make_loader(val_set, optim.batch_size * 2, run.workers, run.seed, shuffle=False, pin_memory=pin)
+
+    def _resume(self, checkpoint: dict[str, Any]) -> None:
+        for key, expected in (("architecture", self.config.model.model), ("data_fingerprint", self.splits.fingerprint)):
+            if checkpoint[key] != expected:
+                raise ConfigError(
+                    f"--resume: {self.run_dir / LAST_CHECKPOINT} has {key} {checkpoint[key]!r}, "
+                    f"but the options give {expected!r}; resume with the run's own options (see its {CONFIG_FILE})"
+                )
+        self.config = replace(self.config, model=replace(self.config.model, mean=tuple(checkpoint["mean"]), std=tuple(checkpoint["std"])))
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        self.schedule.load_state_dict(checkpoint["schedule"])
+        # The learning rate and the plateau state continue; patience and min_lr are the options given now.
+        self.schedule.patience, self.schedule.min_lr = self.config.optim.patience, self.config.optim.min_lr
+        self.start_epoch, self.best_epoch = int(checkpoint["epoch"]), int(checkpoint["best_epoch"])
+        restore_rng_state(checkpoint["rng"])
+        log.info("resuming %s after epoch %d (best validation error %.4f at epoch %d)", self.run_dir, self.start_epoch, self.schedule.best, self.best_epoch)
+
+    def _metadata(self) -> dict[str, Any]:
+        """What every checkpoint carries besides the weights."""
+        return {
+            "architecture": self.config.model.model,
+            "in_chans": self.splits.in_chans,
+            "num_classes": len(self.splits.label_names),
+            "mean": list(self.config.model.mean),
+            "std": list(self.config.model.std),
+            "label_names": list(self.splits.label_names),
+            "class_counts": [int(count) for count in self.splits.class_counts],
+            "data_fingerprint": self.splits.fingerprint,
+            "config": self.config.to_dict(),
+        }
+
+    def _write_run_files(self) -> list[dict[str, Any]]:
+        """config.json and data.json; on resume, the metrics of the epochs the checkpoint holds."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.run_dir / CONFIG_FILE, {**self.config.to_dict(), "command": self.command})
+        write_json(self.run_dir / DATA_FILE, data_summary(self.splits, self.config))
+        metrics_path = self.run_dir / METRICS_FILE
+        records = []
+        if self.start_epoch and metrics_path.exists():
+            records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+            records = [record for record in records if record["epoch"] <= self.start_epoch]
+        metrics_path.write_text("".join(json.dumps(record) + "\n" for record in records))
+        return records
+
+    def _epoch(self, epoch: int) -> dict[str, Any]:
+        """Train one epoch, validate, step the schedule, log the metrics and save the checkpoints."""
+        optim = self.config.optim
+        started = time.perf_counter()
+        lr = self.schedule.lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.loss_fn.set_epoch(epoch)
+        self.train_loader.sampler.set_epoch(epoch)
+        result = train_one_epoch(
+            self.model, self.train_loader, self.loss_fn, self.optimizer, self.scaler, self.device,
+            self.amp_dtype, self.skips, f"epoch {epoch + 1}/{optim.epochs}",
+        )
+        val_error = top1_error(self.model, self.val_loader, self.device, self.amp_dtype, self.skips)
+        improved = self.schedule.step(val_error)
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": result.loss,
+            "train_error": result.error,
+            "val_error": val_error,
+            "lr": lr,
+            "seconds": time.perf_counter() - started,
+            "train_samples": result.samples,
+        }
+        with open(self.run_dir / METRICS_FILE, "a") as metrics:
+            metrics.write(json.dumps(record) + "\n")
+        if improved:
+            self.best_epoch = epoch + 1
+            save_checkpoint(self.run_dir / BEST_CHECKPOINT, {
+                **self._metadata(), "model": self.model.state_dict(), "epoch": epoch + 1, "val_error": val_error,
+            })
+        save_checkpoint(self.run_dir / LAST_CHECKPOINT, {
+            **self._metadata(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "epoch": epoch + 1,
+            "best_epoch": self.best_epoch,
+            "rng": rng_state(),
+        })
+        log.info(
+            "epoch %d/%d: loss %.4f, train error %.4f, val error %.4f%s, lr %.1e, %.1fs",
+            epoch + 1, optim.epochs, result.loss, result.error, val_error, " (best)" if improved else "", lr, record["seconds"],
+        )
+        return record
+
+    def fit(self) -> Path:
+        """Train until the schedule finishes or ``epochs``; returns the run directory."""
+        records = self._write_run_files()
+        optim = self.config.optim
+        log.info(
+            "training %s on %s (%s): %d train / %d val images, %d classes; run directory %s",
+            self.config.model.model, self.device, self.amp_dtype or "fp32", len(self.splits.train),
+            len(self.splits.val), len(self.splits.label_names), self.run_dir,
+        )
+        last_plot = time.monotonic()
+        try:
+            for epoch in range(self.start_epoch, optim.epochs):
+                if self.schedule.finished:
+                    break
+                records.append(self._epoch(epoch))
+                if time.monotonic() - last_plot >= PLOT_INTERVAL_S:
+                    plot_curves(records, self.run_dir / CURVES_FILE)
+                    last_plot = time.monotonic()
+        finally:
+            if records:
+                plot_curves(records, self.run_dir / CURVES_FILE)
+            if self.skips.reasons:
+                write_json(self.run_dir / DATA_FILE, {**data_summary(self.splits, self.config), "skipped_while_training": self.skips.reasons})
+        if self.schedule.finished:
+            log.info("learning rate fell below --min-lr %.1e: stopped", optim.min_lr)
+        log.info("best validation top-1 error %.4f at epoch %d; %s", self.schedule.best, self.best_epoch, self.run_dir / BEST_CHECKPOINT)
+        return self.run_dir
+
+
+def train(config: TrainConfig, command: str = "") -> Path:
+    """Train a model as ``config`` says; returns the run directory (see ``training.runs``)."""
+    return TrainingRun(config, command).fit()
+
+
+def main(args: argparse.Namespace) -> int:
+    """``productrec train``."""
+    with user_errors():
+        run = TrainingRun(config_from_args(args))
+    run_dir = run.fit()
+    print(f"run directory: {run_dir} (best validation top-1 error {run.schedule.best:.4f} at epoch {run.best_epoch})")
+    return 0
