@@ -18,6 +18,7 @@ SCORE_SETTINGS = (
     "repository",
     "provider",
     "intra_op_threads",
+    "intra_op_spinning",
     "strategy",
     "decode_workers",
     "decode_timeout_s",

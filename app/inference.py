@@ -51,15 +51,18 @@ def create_session(
     preference: ProviderPreference = "auto",
     intra_op_threads: int = 0,
     inter_op_threads: int = 0,
+    spinning: bool = True,
 ) -> ort.InferenceSession:
     """An onnxruntime session; with ``cuda`` it fails unless CUDA really is in use.
 
     onnxruntime-gpu without a usable GPU logs an error and falls back to the
     CPU, so the providers actually in use are read back, never assumed.
+    ``spinning=False`` makes idle intra-op threads sleep instead of spin-waiting.
     """
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = inter_op_threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
         session = ort.InferenceSession(str(path), options, providers=requested_providers(preference))
@@ -125,10 +128,14 @@ class Ensemble:
         preference: ProviderPreference = "auto",
         intra_op_threads: int = 0,
         inter_op_threads: int = 0,
+        spinning: bool = True,
     ) -> "Ensemble":
-        """Load and verify every member of ``repository/ensemble.json``."""
+        """Load and verify every member of ``repository/ensemble.json`` (session options as ``create_session``)."""
         spec, loaded = load_ensemble(Path(repository))
-        return cls(spec, [_session_for(member, preference, intra_op_threads, inter_op_threads) for member in loaded])
+        return cls(
+            spec,
+            [_session_for(member, preference, intra_op_threads, inter_op_threads, spinning) for member in loaded],
+        )
 
     @property
     def num_classes(self) -> int:
@@ -184,8 +191,10 @@ class Ensemble:
         return probs, rank(probs, top_k, strategy or self.strategy)
 
 
-def _session_for(member: LoadedMember, preference: ProviderPreference, intra: int, inter: int) -> Member:
-    session = create_session(member.onnx_path, preference, intra, inter)
+def _session_for(
+    member: LoadedMember, preference: ProviderPreference, intra: int, inter: int, spinning: bool
+) -> Member:
+    session = create_session(member.onnx_path, preference, intra, inter, spinning)
     _check_signature(member, session)
     return Member(member.manifest, session)
 

@@ -19,10 +19,10 @@ from app.api.errors import install_error_handlers
 from app.api.middleware import MetricsMiddleware
 from app.api.routes import health, metrics, models, predict
 from app.core.config import Settings, get_settings
-from app.inference import Ensemble, ProviderUnavailableError, require_cuda
+from app.inference import ProviderUnavailableError, require_cuda
 from app.manifest import ENSEMBLE_FILE
 from app.serving.metrics import ServingMetrics
-from app.serving.service import PredictionService
+from app.serving.service import PredictionService, load_ensemble
 
 log = logging.getLogger("productrec.app")
 
@@ -44,9 +44,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     service: PredictionService | None = None
     try:
-        ensemble = await asyncio.to_thread(
-            Ensemble.load, settings.repository, settings.provider, settings.intra_op_threads, settings.inter_op_threads
-        )
+        ensemble = await asyncio.to_thread(load_ensemble, settings)
     except ProviderUnavailableError:
         log.critical("refusing to start: PRODUCTREC_PROVIDER=%s cannot be honoured", settings.provider, exc_info=True)
         raise

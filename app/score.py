@@ -190,6 +190,7 @@ def score(
     strategy: Strategy | None = None,
     provider: ProviderPreference = "auto",
     intra_op_threads: int = 0,
+    intra_op_spinning: bool = False,
     batch_size: int = 32,
     decode_workers: int = 2,
     decode_timeout_s: float = 10.0,
@@ -198,7 +199,7 @@ def score(
 ) -> ScoreSummary:
     """Score every image of ``input_path`` into ``output`` (.csv or .jsonl), skipping those already there."""
     started = time.perf_counter()
-    ensemble = Ensemble.load(repository, provider, intra_op_threads)
+    ensemble = Ensemble.load(repository, provider, intra_op_threads, spinning=intra_op_spinning)
     strategy = strategy or ensemble.strategy
     top_k = min(top_k, ensemble.num_classes)
     plan = ensemble.crop_plan(tta)
@@ -286,6 +287,7 @@ def score_command(args) -> int:
             strategy=settings.strategy,
             provider=settings.provider,
             intra_op_threads=settings.intra_op_threads,
+            intra_op_spinning=settings.intra_op_spinning,
             batch_size=args.batch_size,
             decode_workers=settings.decode_workers,
             decode_timeout_s=settings.decode_timeout_s,

@@ -62,8 +62,11 @@ def png_claiming_size(width: int, height: int) -> bytes:
 
 @lru_cache
 def slow_png(width: int = 9000, height: int = 6000) -> bytes:
-    """A few tens of KB that cost about a second of CPU to decode and crop (a CPU bomb within the pixel limit)."""
-    return encode(Image.new("L", (width, height)), "PNG", compress_level=9)
+    """~150 KB that cost about a second of CPU to decode and crop (a CPU bomb within the pixel limit).
+
+    RGB, so that decoding takes well over the tests' decode timeouts even on a fast, idle machine.
+    """
+    return encode(Image.new("RGB", (width, height)), "PNG", compress_level=9)
 
 
 _SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$")

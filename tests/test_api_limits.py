@@ -8,7 +8,7 @@ import time
 import pytest
 from serving_helpers import encode, metric, noise_image, png_claiming_size, serving, slow_png
 
-MAX_UPLOAD = 64 * 1024
+MAX_UPLOAD = 256 * 1024
 DECODE_TIMEOUT_S = 0.4
 
 
@@ -125,10 +125,10 @@ def test_slow_decoding_file_is_refused_quickly_while_others_are_served(client, g
     thread.start()
     time.sleep(0.1)  # the bomb is in a decode worker now
     others_started = time.perf_counter()
-    others = [post_raw(client, good) for _ in range(3)]
+    others = [post_raw(client, good) for _ in range(2)]
     others_seconds = time.perf_counter() - others_started
     thread.join(30)
-    assert [response.status_code for response in others] == [200, 200, 200]
+    assert [response.status_code for response in others] == [200, 200]
     assert_error(outcome["response"], 422, "decode_timeout")
     assert outcome["seconds"] < DECODE_TIMEOUT_S + 2.0
     assert others_seconds < outcome["seconds"]  # answered while the bomb was being decoded

@@ -78,6 +78,17 @@ def test_a_lone_request_waits_no_longer_than_the_queue_delay() -> None:
     assert 0.14 <= run(scenario(0.15)) < 1.0
 
 
+def test_a_batch_waits_only_while_requests_are_on_their_way() -> None:
+    async def scenario(arriving: int) -> float:
+        async with running(Recorder(), max_queue_delay_s=0.15, arriving=lambda: arriving) as batcher:
+            started = time.perf_counter()
+            assert (await batcher.submit(21)).batch_size == 1
+            return time.perf_counter() - started
+
+    assert run(scenario(arriving=0)) < 0.1
+    assert 0.14 <= run(scenario(arriving=1)) < 1.0
+
+
 def test_requests_arriving_during_a_batch_form_the_next_batch() -> None:
     recorder = Recorder(gate=threading.Event())
 

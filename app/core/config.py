@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     inter_op_threads: int = Field(
         0, ge=0, description="onnxruntime inter-op threads per session (0: onnxruntime's default)."
     )
+    intra_op_spinning: bool = Field(
+        False,
+        description="Let idle onnxruntime intra-op threads spin-wait (onnxruntime's default) instead of sleeping: "
+        "a little lower latency on cores of their own, but on shared cores the spinning takes the CPU that the "
+        "decode workers, the event loop and the other sessions need.",
+    )
 
     default_top_k: int = Field(
         5, ge=1, description="Labels returned when the request gives no top_k (capped at the class count)."
@@ -60,7 +66,10 @@ class Settings(BaseSettings):
         32, ge=1, description="Dynamic batching: most images in one onnxruntime run per member."
     )
     max_queue_delay_ms: float = Field(
-        2.0, ge=0, description="Dynamic batching: how long the first queued image waits for others to join its batch."
+        2.0,
+        ge=0,
+        description="Dynamic batching: how long the first queued image waits for others to join its batch "
+        "(only while others are being decoded).",
     )
     queue_limit: int = Field(
         256, ge=1, description="Most images admitted and not yet answered; beyond it 503 with Retry-After."

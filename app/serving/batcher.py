@@ -1,7 +1,8 @@
 """Dynamic batching: requests arriving together run as one batch (as Triton's dynamic batcher).
 
 One background task takes the first queued request, waits at most
-``max_queue_delay_s`` for more (up to ``max_batch_size``), and hands the batch
+``max_queue_delay_s`` for more (up to ``max_batch_size``; not at all when the
+caller's ``arriving`` says no request is on its way), and hands the batch
 to ``process`` on a single inference thread, so the event loop stays free and
 batches run one after another; requests queue up meanwhile and form the next,
 larger batch. The queue is bounded: ``submit`` raises ``QueueFullError``
@@ -58,7 +59,10 @@ class DynamicBatcher(Generic[Request, Result]):
         max_queue_delay_s: float,
         queue_limit: int,
         on_batch: Callable[[int, float], None] | None = None,
+        arriving: Callable[[], int] | None = None,
     ) -> None:
+        """``arriving``: how many requests are on their way to ``submit`` (e.g. being decoded); when it
+        is 0 and the queue is empty the batch runs at once, since waiting could not grow it."""
         if max_batch_size < 1 or queue_limit < 1 or max_queue_delay_s < 0:
             raise ValueError("max_batch_size and queue_limit must be >= 1 and max_queue_delay_s >= 0")
         self._process = process
@@ -66,6 +70,7 @@ class DynamicBatcher(Generic[Request, Result]):
         self.max_queue_delay_s = max_queue_delay_s
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=queue_limit)
         self._on_batch = on_batch
+        self._arriving = arriving
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="productrec-infer")
         self._task: asyncio.Task | None = None
 
@@ -107,7 +112,7 @@ class DynamicBatcher(Generic[Request, Result]):
                 except asyncio.QueueEmpty:
                     pass
                 remaining = deadline - time.perf_counter()
-                if remaining <= 0:
+                if remaining <= 0 or (self._arriving is not None and self._arriving() == 0):
                     break
                 try:
                     async with asyncio.timeout(remaining):

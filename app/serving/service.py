@@ -29,6 +29,17 @@ from app.serving.metrics import ServingMetrics
 log = logging.getLogger("productrec.service")
 
 
+def load_ensemble(settings: Settings) -> Ensemble:
+    """The ensemble of ``settings.repository`` with the service's session options (threads, spinning)."""
+    return Ensemble.load(
+        settings.repository,
+        settings.provider,
+        settings.intra_op_threads,
+        settings.inter_op_threads,
+        spinning=settings.intra_op_spinning,
+    )
+
+
 class ServiceOverloadedError(Exception):
     """More images in flight than ``queue_limit`` allows (HTTP 503 with Retry-After)."""
 
@@ -57,6 +68,7 @@ class PredictionService:
         self.metrics = metrics
         self.strategy: Strategy = settings.strategy or ensemble.strategy
         self.in_flight = 0
+        self.decoding = 0  # images in (or waiting for) a decode worker: the ones a forming batch may wait for
         self._plans = {tta: ensemble.crop_plan(tta) for tta in (False, True)}
         self.pool: DecodePool | None = None
         self.batcher: DynamicBatcher[InferenceRequest, InferenceResult] | None = None
@@ -73,6 +85,7 @@ class PredictionService:
             settings.max_queue_delay_ms / 1000.0,
             settings.queue_limit,
             on_batch=lambda size, _: self.metrics.batch_size.observe(size),
+            arriving=lambda: self.decoding,
         )
         self.batcher.start()
         log.info(
@@ -114,7 +127,11 @@ class PredictionService:
 
     async def _predict_one(self, data: bytes, top_k: int, tta: bool, started: float) -> Prediction:
         assert self.pool is not None and self.batcher is not None, "start() the service first"
-        decoded = await self.pool.decode_async(data, self._plans[tta], self.settings.max_image_pixels)
+        self.decoding += 1
+        try:
+            decoded = await self.pool.decode_async(data, self._plans[tta], self.settings.max_image_pixels)
+        finally:
+            self.decoding -= 1
         self.metrics.decode.observe(decoded.seconds)
         batched = await self.batcher.submit(InferenceRequest(decoded.crops, tta, top_k))
         self.metrics.queue_wait.observe(batched.queue_wait_s)

@@ -1,0 +1,1189 @@
+"""Serving throughput against its limit: the real service over HTTP vs raw onnxruntime on the same ensemble.
+
+    .venv/bin/python bench/serving.py                  # both ensembles, about 15 minutes on 2 shared cores
+    .venv/bin/python bench/serving.py --cases small    # the Fashion-MNIST ensemble only, about 5 minutes
+
+For each ensemble and each point (concurrency x dynamic batching on/off):
+
+- end-to-end: ``productrec serve`` in a subprocess on a free loopback port (settings through
+  ``PRODUCTREC_*``), loaded by client threads (``http.client``, one keep-alive connection each)
+  posting JPEG product photos (Fashion-MNIST test images) as the raw request body;
+- the limit: ``Ensemble.member_probabilities`` in this process on the same images' crops, made
+  beforehand by ``Ensemble.preprocess`` (no decode, no HTTP), with the session options the service
+  uses, replaying exactly the batch sizes the service formed in the round before it.
+
+End-to-end and limit rounds alternate, so a busy machine slows both alike; the figure reported is
+the ratio end-to-end / limit (images/s). Where the rest goes comes from three sources: the timings
+each response carries, the CPU time of every thread of the service, its decode workers and the
+client (``/proc``), and a py-spy profile of the service's Python code under load.
+
+Writes ``bench/results/serving.json``, ``docs/img/serving-benchmark.png`` and the generated part
+of ``docs/serving-benchmark.md``. Repositories are built once under ``.cache/serving-bench``
+(the realistic one holds three 50,000-class ResNet-50s, 1.4 GB). Needs py-spy (``pip install
+py-spy``; the ``dev`` extra) unless ``--no-profile``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from app.core.config import Settings  # noqa: E402
+from app.ensemble import crop_average_probabilities, rank  # noqa: E402
+from app.inference import Ensemble  # noqa: E402
+from app.manifest import ENSEMBLE_FILE  # noqa: E402
+from app.preprocess import decode_image, tta_crops  # noqa: E402
+from app.serving.service import load_ensemble  # noqa: E402
+from training.data import load_fashion_mnist  # noqa: E402
+
+TARGET_RATIO = 0.85
+TARGET_CONCURRENCY = 8
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+GENERATED_BEGIN = "<!-- bench/serving.py: generated from here -->"
+GENERATED_END = "<!-- bench/serving.py: generated up to here -->"
+BATCHING = {"on": {}, "off": {"max_batch_size": "1"}}  # off: every image runs alone
+LATENCY_PARTS = {  # latency_breakdown_ms key: column title
+    "http_and_json_ms": "HTTP, JSON, event-loop wait",
+    "decode_wait_and_handoff_ms": "decode wait + hand-off",
+    "decode_ms": "decode + crop",
+    "queue_ms": "batch queue",
+    "inference_ms": "inference (batch)",
+    "client_latency_ms": "client latency",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# The two ensembles
+
+
+@dataclass(frozen=True)
+class Case:
+    """One ensemble and the load put on it."""
+
+    name: str
+    title: str
+    photo_size: int | None  # None: the 28x28 grayscale originals; else upscaled RGB photos
+    concurrency: tuple[int, ...]
+    requests: dict[int, int]  # measured requests per point, by concurrency (split over the rounds)
+    rounds: int
+    round_timeout_s: float  # a round stops starting requests after this long
+    request_timeout_s: float
+    check_batch: int  # batch size of the session-options check
+    check_repeats: int  # per variant and pass
+    check_passes: int
+    profile_requests: int  # requests of the (untimed) profiling run at the target concurrency
+
+
+CASES = {
+    "small": Case(
+        name="small",
+        title="Fashion-MNIST ensemble: 3 tiny timm models (ResNet, SE-ResNet, ResNeSt), 28x28 grayscale, "
+        "TTA 28+32, 10 classes; 28x28 JPEGs",
+        photo_size=None,
+        concurrency=(1, 8, 32),
+        requests={1: 300, 8: 900, 32: 1200},
+        rounds=3,
+        round_timeout_s=60,
+        request_timeout_s=60,
+        check_batch=8,
+        check_repeats=10,
+        check_passes=2,
+        profile_requests=1500,
+    ),
+    "realistic": Case(
+        name="realistic",
+        title="Realistic size: 3 ResNet-50s, RGB 224x224, 5 TTA sizes 256..320, 50,000 classes; 320x320 JPEGs",
+        photo_size=320,
+        concurrency=(1, 8),
+        requests={1: 4, 8: 16},
+        rounds=2,
+        round_timeout_s=300,
+        request_timeout_s=600,
+        check_batch=1,
+        check_repeats=2,
+        check_passes=1,
+        profile_requests=16,
+    ),
+}
+
+REALISTIC_ARCHITECTURE = "resnet50"
+REALISTIC_MEMBERS = 3
+REALISTIC_CLASSES = 50_000
+REALISTIC_INPUT = 224
+REALISTIC_TTA = (256, 272, 288, 304, 320)
+BUILD_MARKER = "bench-build.json"
+
+
+def _build_spec(case: str) -> dict:
+    if case == "small":
+        return {"script": "scripts/untrained_repository.py"}
+    return {
+        "architecture": REALISTIC_ARCHITECTURE,
+        "members": REALISTIC_MEMBERS,
+        "classes": REALISTIC_CLASSES,
+        "input_size": REALISTIC_INPUT,
+        "tta_sizes": list(REALISTIC_TTA),
+    }
+
+
+def ensure_repository(case: str, cache: Path, fmnist_dir: Path) -> Path:
+    """The case's model repository under ``cache``, built (untrained, through the real export) if missing."""
+    repository = cache / case
+    spec = _build_spec(case)
+    marker = repository / BUILD_MARKER
+    if marker.is_file() and json.loads(marker.read_text()) == spec and (repository / ENSEMBLE_FILE).is_file():
+        return repository
+    if repository.exists():
+        shutil.rmtree(repository)  # our own cache entry, from an older spec or an interrupted build
+    tqdm.write(f"building the {case} repository in {repository} (once; cached)")
+    if case == "small":
+        subprocess.run(
+            [sys.executable, str(ROOT / spec["script"]), str(repository), "--fmnist-dir", str(fmnist_dir)],
+            check=True,
+            cwd=ROOT,
+        )
+    else:
+        _build_realistic(repository, fmnist_dir)
+    marker.write_text(json.dumps(spec))
+    return repository
+
+
+def _build_realistic(repository: Path, fmnist_dir: Path) -> None:
+    """Three untrained ResNet-50s with a 50,000-class head, exported with the ONNX parity check."""
+    import timm
+    import torch
+
+    from app.manifest import LossSpec, ModelManifest
+    from training.export import export_to_repository, write_default_ensemble
+
+    labels = [f"product-{index:05d}" for index in range(REALISTIC_CLASSES)]
+    names = [f"{REALISTIC_ARCHITECTURE}-{member}" for member in range(REALISTIC_MEMBERS)]
+    photos = [Image.open(io.BytesIO(data)) for data in product_photos(fmnist_dir, 2, CASES["realistic"].photo_size)]
+    for member, name in enumerate(tqdm(names, desc="export ResNet-50 x 50K classes", unit="member")):
+        torch.manual_seed(member)
+        model = timm.create_model(REALISTIC_ARCHITECTURE, pretrained=False, num_classes=REALISTIC_CLASSES)
+        pretrained = model.pretrained_cfg
+        manifest = ModelManifest(
+            name=name,
+            version="untrained",
+            architecture=REALISTIC_ARCHITECTURE,
+            input_size=REALISTIC_INPUT,
+            in_chans=3,
+            mean=list(pretrained["mean"]),
+            std=list(pretrained["std"]),
+            interpolation=pretrained.get("interpolation", "bilinear"),
+            tta_sizes=list(REALISTIC_TTA),
+            labels=labels,
+            class_counts=[],
+            loss=LossSpec(name="none"),
+            sha256="",
+            opset=0,
+            training_command="untrained (random weights, for speed only): bench/serving.py",
+        )
+        config = manifest.preprocess
+        check = np.concatenate([tta_crops(photo, config, config.sizes(tta=True)) for photo in photos])
+        with torch.no_grad():
+            export_to_repository(model, manifest, repository, check)
+    write_default_ensemble(repository, [(name, "untrained") for name in names], name="realistic-untrained")
+
+
+def product_photos(fmnist_dir: Path, count: int, size: int | None) -> list[bytes]:
+    """Fashion-MNIST test images as JPEG files: 28x28 grayscale, or upscaled to ``size`` x ``size`` RGB."""
+    _, _, test_images, _ = load_fashion_mnist(fmnist_dir)
+    photos = []
+    for pixels in test_images[:count]:
+        image = Image.fromarray(pixels)
+        if size is not None:
+            image = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=90)
+        photos.append(buffer.getvalue())
+    return photos
+
+
+# --------------------------------------------------------------------------------------------
+# The service under test
+
+
+def settings_for(repository: Path, overrides: dict[str, str]) -> tuple[Settings, dict[str, str]]:
+    """The service's settings and the ``PRODUCTREC_*`` variables that give them to ``productrec serve``."""
+    values = {"repository": str(repository), "provider": "cpu", **overrides}
+    unknown = sorted(set(values) - set(Settings.model_fields))
+    if unknown:
+        raise SystemExit(f"unknown settings {unknown}; see app/core/config.py")
+    return Settings(**values), {f"PRODUCTREC_{name.upper()}": value for name, value in values.items()}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Service:
+    """``productrec serve`` in a subprocess on a free loopback port, stopped on exit."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, ready_timeout_s: float = 600) -> None:
+        executable = Path(sys.executable).with_name("productrec")
+        if not executable.exists():
+            raise RuntimeError(f"{executable} not found: install the project (pip install -e '.[serve-cpu,train,dev]')")
+        self.port = _free_port()
+        self.log_path = log_path
+        self._log = log_path.open("w")
+        self.process = subprocess.Popen(
+            [str(executable), "serve", "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        try:
+            self._wait_ready(ready_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the service exited with status {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                connection.request("GET", "/readyz")
+                response = connection.getresponse()
+                body = response.read()
+                connection.close()
+                if response.status == 200:
+                    return
+                if b"still loading" not in body:
+                    raise RuntimeError(f"the service is up but not ready: {body.decode()}\n{self.log_tail()}")
+            except (ConnectionError, OSError):
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"the service was not ready within {timeout_s:g} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        self._log.flush()
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def decode_worker_pids(self) -> list[int]:
+        """The service's child processes (its decode workers), whichever of its threads started them."""
+        pids = []
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            try:
+                pids += [int(pid) for pid in (task / "children").read_text().split()]
+            except FileNotFoundError:
+                pass
+        return pids
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+    def __enter__(self) -> "Service":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# Load generator
+
+
+@dataclass
+class Reply:
+    latency_s: float
+    batch_size: int
+    timings: dict[str, float]
+
+
+@dataclass
+class LoadRound:
+    replies: list[Reply]
+    wall_s: float
+    client_cpu_s: float
+
+
+def post_images(
+    port: int,
+    photos: Sequence[bytes],
+    concurrency: int,
+    requests: int,
+    timeout_s: float,
+    request_timeout_s: float,
+    on_reply: Callable[[], None] = lambda: None,
+) -> LoadRound:
+    """``requests`` POSTs of ``photos`` (cycled) to /v1/predict from ``concurrency`` threads.
+
+    Each thread keeps one connection; no new request starts after ``timeout_s``. Any answer other
+    than 200 stops the round and raises.
+    """
+    lock = threading.Lock()
+    issued = 0
+    replies: list[Reply] = []
+    failures: list[str] = []
+    client_cpu = [0.0] * concurrency
+    deadline = time.perf_counter() + timeout_s
+
+    def client(slot: int) -> None:
+        nonlocal issued
+        started_cpu = time.thread_time()
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=request_timeout_s)
+        try:
+            while not failures and time.perf_counter() < deadline:
+                with lock:
+                    if issued >= requests:
+                        break
+                    body = photos[issued % len(photos)]
+                    issued += 1
+                started = time.perf_counter()
+                connection.request("POST", "/v1/predict", body=body, headers={"Content-Type": "image/jpeg"})
+                response = connection.getresponse()
+                payload = response.read()
+                latency = time.perf_counter() - started
+                if response.status != 200:
+                    failures.append(f"HTTP {response.status}: {payload[:500].decode(errors='replace')}")
+                    break
+                answer = json.loads(payload)
+                with lock:
+                    replies.append(Reply(latency, answer["batch_size"], answer["timings"]))
+                on_reply()
+        except Exception as exc:  # noqa: BLE001 - reported below, in the main thread
+            failures.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            connection.close()
+            client_cpu[slot] = time.thread_time() - started_cpu
+
+    threads = [threading.Thread(target=client, args=(slot,), name=f"load-{slot}") for slot in range(concurrency)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    if failures:
+        raise RuntimeError(f"{len(failures)} request(s) failed; first: {failures[0]}")
+    if not replies:
+        raise RuntimeError("no request completed within the round's time limit")
+    return LoadRound(replies, wall, sum(client_cpu))
+
+
+def batch_schedule(replies: Sequence[Reply]) -> list[int]:
+    """The batch sizes the service formed: a batch of b images answers b single-image requests."""
+    per_size = Counter(reply.batch_size for reply in replies)
+    return [size for size, count in sorted(per_size.items()) for _ in range(-(-count // size))]
+
+
+# --------------------------------------------------------------------------------------------
+# The limit
+
+
+class Limit:
+    """Raw onnxruntime on pre-computed crops: ``Ensemble.member_probabilities``, nothing else."""
+
+    def __init__(self, ensemble: Ensemble, photos: Sequence[bytes], settings: Settings) -> None:
+        self.ensemble = ensemble
+        self.tta = settings.tta
+        in_chans = max(member.manifest.in_chans for member in ensemble.members)
+        self.crops = [
+            ensemble.preprocess(decode_image(data, in_chans, settings.max_image_pixels), self.tta) for data in photos
+        ]
+        self._next = 0
+
+    def images(self, count: int) -> list[list[np.ndarray]]:
+        """The crops of the next ``count`` images (cycling)."""
+        chosen = [self.crops[(self._next + offset) % len(self.crops)] for offset in range(count)]
+        self._next = (self._next + count) % len(self.crops)
+        return chosen
+
+    def run(self, schedule: Sequence[int], on_batch: Callable[[int], None] = lambda size: None) -> tuple[float, float]:
+        """Wall and CPU seconds of one ``member_probabilities`` call per batch size in ``schedule``."""
+        batches = [self.images(size) for size in schedule]
+        started, started_cpu = time.perf_counter(), time.process_time()
+        for batch in batches:
+            self.ensemble.member_probabilities(batch, self.tta)
+            on_batch(len(batch))
+        return time.perf_counter() - started, time.process_time() - started_cpu
+
+
+def session_variants(settings: Settings) -> dict[str, tuple[int, bool]]:
+    """Session options worth comparing, name -> (intra-op threads, spinning); the service's among them."""
+    cores = os.cpu_count() or 1
+    variants = {
+        "onnxruntime's defaults: a thread per core (pinned), spinning": (0, True),
+        "a thread per core (pinned), no spinning": (0, False),
+        **({f"{cores} threads, no spinning": (cores, False)} if cores > 1 else {}),
+        "1 thread": (1, False),
+    }
+    service = (settings.intra_op_threads, settings.intra_op_spinning)
+    if service not in variants.values():
+        variants[f"{service[0]} threads, spinning {service[1]}"] = service
+    return variants
+
+
+def session_options_check(
+    limit: Limit, settings: Settings, batch: int, repeats: int, passes: int, progress: tqdm
+) -> dict:
+    """Raw onnxruntime images/s at one batch size for a few session options.
+
+    The limit uses the service's session options; this shows how they compare with the others,
+    so that a poor choice cannot hide behind a ratio to an equally poor limit. One variant is
+    loaded at a time (a spinning one would take the CPU from the others), in alternating order
+    over ``passes`` passes.
+    """
+    variants = session_variants(settings)
+    service_options = (settings.intra_op_threads, settings.intra_op_spinning)
+    images = limit.images(batch)
+    seconds: dict[str, list[float]] = defaultdict(list)
+    order = list(variants)
+    for _ in range(passes):
+        for name in order:
+            intra, spinning = variants[name]
+            options = {"intra_op_threads": intra, "intra_op_spinning": spinning}
+            ensemble = load_ensemble(settings.model_copy(update=options))
+            ensemble.member_probabilities(images, limit.tta)  # warm-up
+            for _ in range(repeats):
+                started = time.perf_counter()
+                ensemble.member_probabilities(images, limit.tta)
+                seconds[name].append(time.perf_counter() - started)
+                progress.update(batch)
+            del ensemble
+        order.reverse()
+    return {
+        "batch": batch,
+        "repeats": repeats * passes,
+        "images_per_s": {name: batch / statistics.median(values) for name, values in seconds.items()},
+        "service_variant": next(name for name, chosen in variants.items() if chosen == service_options),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# CPU accounting from /proc
+
+
+def _cpu_of_stat(path: Path) -> float:
+    fields = path.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of every thread of ``pid``."""
+    cpu = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            cpu[int(task.name)] = _cpu_of_stat(task / "stat")
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return cpu
+
+
+def process_cpu(pid: int) -> float:
+    try:
+        return _cpu_of_stat(Path(f"/proc/{pid}/stat"))
+    except FileNotFoundError:
+        return 0.0
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all processes have used since boot (every core)."""
+    values = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]
+    return (sum(values[:8]) - idle) / CLOCK_TICKS
+
+
+THREAD_ROLES = {
+    "MainThread": "event loop: HTTP, FastAPI, JSON",
+    "productrec-infer": "inference thread: onnxruntime calls, ranking",
+    "productrec-decode": "decode hand-off threads",
+    "asyncio": "asyncio default executor",
+}
+ORT_POOL = "onnxruntime pool threads"
+DECODE_WORKERS = "decode workers: decode, resize, crop"
+CLIENT = "load generator (client threads)"
+OTHER_SERVER = "other service threads"
+OTHERS = "other processes on the machine"
+
+
+def python_thread_names(pid: int) -> dict[int, str]:
+    """OS thread id -> Python thread name in ``pid`` (``py-spy dump``); threads absent are onnxruntime's."""
+    output = subprocess.run(
+        [_py_spy(), "dump", "--pid", str(pid), "--json"], check=True, capture_output=True, text=True
+    ).stdout
+    return {thread["os_thread_id"]: thread.get("thread_name") or "" for thread in json.loads(output)}
+
+
+def thread_role(name: str) -> str:
+    for prefix, role in THREAD_ROLES.items():
+        if name.startswith(prefix):
+            return role
+    return OTHER_SERVER
+
+
+class CpuMeter:
+    """CPU seconds by role over an interval: service threads, decode workers, and the rest of the machine.
+
+    Threads are named through ``py-spy dump`` (Python thread names); the threads that exist when the
+    service is ready and are not Python threads are onnxruntime's pools. Without py-spy only the
+    event loop (the main thread) is told apart from the other threads.
+    """
+
+    def __init__(self, service: Service, use_py_spy: bool) -> None:
+        self.service = service
+        self.use_py_spy = use_py_spy
+        self.startup_tids = set(thread_cpu(service.pid))
+        self.names: dict[int, str] = {}
+
+    def refresh_names(self) -> None:
+        """Read the Python thread names again (executors start their threads lazily)."""
+        if self.use_py_spy:
+            self.names = python_thread_names(self.service.pid)
+
+    def role(self, tid: int) -> str:
+        if tid in self.names:
+            return thread_role(self.names[tid])
+        if tid == self.service.pid:
+            return THREAD_ROLES["MainThread"]
+        if self.use_py_spy and tid in self.startup_tids:
+            return ORT_POOL
+        return OTHER_SERVER
+
+    def snapshot(self) -> dict:
+        return {
+            "threads": thread_cpu(self.service.pid),
+            "workers": {pid: process_cpu(pid) for pid in self.service.decode_worker_pids()},
+            "bench": process_cpu(os.getpid()),
+            "machine": machine_busy_s(),
+        }
+
+    def roles(self, before: dict, after: dict, client_cpu_s: float) -> dict[str, float]:
+        """CPU seconds per role between two snapshots; ``client_cpu_s`` is the load generator's."""
+        used: dict[str, float] = defaultdict(float)
+        for tid, seconds in after["threads"].items():
+            used[self.role(tid)] += seconds - before["threads"].get(tid, 0.0)
+        for pid, seconds in after["workers"].items():
+            used[DECODE_WORKERS] += seconds - before["workers"].get(pid, 0.0)
+        service_s = sum(used.values())
+        used[CLIENT] = client_cpu_s
+        used[OTHERS] = max(0.0, after["machine"] - before["machine"] - service_s - (after["bench"] - before["bench"]))
+        return dict(used)
+
+
+# --------------------------------------------------------------------------------------------
+# Profile (py-spy)
+
+
+PROFILE_CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
+    (
+        "decode hand-off: IPC to the workers, crops copied back",
+        ("app/serving/decode_pool.py", "app/serving/decode_worker.py", "multiprocessing/"),
+    ),
+    ("ensemble run: onnxruntime call, crops concatenated", ("app/inference.py", "onnxruntime/")),
+    ("ranking: softmax, top-k, voting", ("app/ensemble.py",)),
+    ("dynamic batcher", ("app/serving/batcher.py",)),
+    (
+        "response: schema objects and JSON",
+        ("encode_prediction", "PredictionService.encode", "app/schemas.py", "pydantic", "serialize_response",
+         "jsonable_encoder", "json/", "JSONResponse.render"),
+    ),
+    ("request body: reading, limits", ("app/api/uploads.py", "starlette/requests.py")),
+    ("metrics", ("app/serving/metrics.py", "app/api/middleware.py")),
+    ("HTTP server: uvicorn, h11", ("h11/", "uvicorn/")),
+    ("FastAPI/Starlette: routing, middleware, dependencies", ("starlette/", "fastapi/", "app/api/")),
+    ("service: admission, gather", ("app/serving/service.py",)),
+]
+GENERIC_CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
+    ("event loop machinery (asyncio, selectors)", ("asyncio/", "selectors.py")),
+    ("thread hand-off (executors, locks)", ("threading.py", "concurrent/futures/", "queue.py")),
+    ("numpy", ("numpy/",)),
+]
+
+
+def _category(frames: Sequence[str]) -> str:
+    for frame in reversed(frames):  # leaf first: the nearest frame that says what the time was for
+        for name, patterns in PROFILE_CATEGORIES:
+            if any(pattern in frame for pattern in patterns):
+                return name
+    for frame in reversed(frames):
+        for name, patterns in GENERIC_CATEGORIES:
+            if any(pattern in frame for pattern in patterns):
+                return name
+    return "other"
+
+
+def _py_spy() -> str:
+    found = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if found is None:
+        raise RuntimeError("py-spy not found: pip install py-spy (in the dev extra), or run with --no-profile")
+    return found
+
+
+def summarise_profile(raw: str, wall_s: float, rate: int, images: int) -> dict:
+    """Categories and top functions of a ``py-spy record --gil --format raw`` profile."""
+    by_category: Counter[str] = Counter()
+    by_function: Counter[str] = Counter()
+    samples = 0
+    for line in raw.splitlines():
+        if not line.strip():
+            continue
+        stack, count_text = line.rsplit(" ", 1)
+        count = int(count_text)
+        frames = stack.split(";")[1:]  # the first entry names the process
+        samples += count
+        by_category[_category(frames)] += count
+        by_function[frames[-1] if frames else "?"] += count
+    if samples == 0:
+        raise RuntimeError("py-spy recorded no samples")
+    gil_s = samples / rate
+    return {
+        "samples": samples,
+        "rate_hz": rate,
+        "wall_s": wall_s,
+        "images": images,
+        "gil_busy_share": gil_s / wall_s,
+        "python_ms_per_image": gil_s / images * 1000,
+        "categories": {name: count / samples for name, count in by_category.most_common()},
+        "top_functions": {name: count / samples for name, count in by_function.most_common(15)},
+    }
+
+
+def profile_service(
+    service: Service, photos: Sequence[bytes], case: Case, concurrency: int, requests: int, out: Path, rate: int = 200
+) -> dict:
+    """Where the service's Python time goes under load: py-spy samples of the thread holding the GIL."""
+    out.unlink(missing_ok=True)
+    command = [_py_spy(), "record", "--pid", str(service.pid), "--gil", "--format", "raw", "--rate", str(rate)]
+    recorder = subprocess.Popen([*command, "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(1.0)  # py-spy attaches
+    if recorder.poll() is not None:
+        raise RuntimeError(f"py-spy could not attach to the service: {recorder.communicate()[0]}")
+    started = time.perf_counter()
+    load = post_images(service.port, photos, concurrency, requests, case.round_timeout_s, case.request_timeout_s)
+    wall = time.perf_counter() - started
+    recorder.send_signal(signal.SIGINT)
+    output, _ = recorder.communicate(timeout=120)
+    if not out.is_file():
+        raise RuntimeError(f"py-spy wrote no profile: {output}")
+    summary = summarise_profile(out.read_text(), wall, rate, len(load.replies))
+    summary["concurrency"] = concurrency
+    summary["images_per_s_under_profiler"] = len(load.replies) / load.wall_s
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# One point: rounds of end-to-end and limit, alternating
+
+
+@dataclass
+class Point:
+    case: str
+    batching: str
+    concurrency: int
+    images: int = 0
+    e2e_wall_s: float = 0.0
+    limit_wall_s: float = 0.0
+    limit_cpu_s: float = 0.0
+    round_ratios: list[float] = field(default_factory=list)
+    latencies_s: list[float] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)
+    timings: list[dict[str, float]] = field(default_factory=list)
+    cpu_s: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    def summary(self) -> dict:
+        latencies = np.asarray(self.latencies_s) * 1000
+        images_per_s = self.images / self.e2e_wall_s
+        limit_per_s = self.images / self.limit_wall_s
+        timing = {key: float(np.mean([t[key] for t in self.timings])) for key in self.timings[0]}
+        client_ms = float(latencies.mean())
+        breakdown = {
+            "http_and_json_ms": client_ms - timing["total_ms"],
+            "decode_ms": timing["decode_ms"],
+            "decode_wait_and_handoff_ms": timing["total_ms"]
+            - timing["decode_ms"]
+            - timing["queue_ms"]
+            - timing["inference_ms"],
+            "queue_ms": timing["queue_ms"],
+            "inference_ms": timing["inference_ms"],
+            "client_latency_ms": client_ms,
+        }
+        return {
+            "case": self.case,
+            "batching": self.batching,
+            "concurrency": self.concurrency,
+            "images": self.images,
+            "images_per_s": images_per_s,
+            "limit_images_per_s": limit_per_s,
+            "ratio": images_per_s / limit_per_s,
+            "round_ratios": self.round_ratios,
+            "latency_ms": {
+                "p50": float(np.percentile(latencies, 50)),
+                "p95": float(np.percentile(latencies, 95)),
+                "p99": float(np.percentile(latencies, 99)),
+                "mean": client_ms,
+            },
+            "mean_batch_size": float(np.mean(self.batch_sizes)),
+            "batch_sizes": dict(sorted(Counter(self.batch_sizes).items())),
+            "latency_breakdown_ms": breakdown,
+            "cpu_ms_per_image": {role: seconds / self.images * 1000 for role, seconds in sorted(self.cpu_s.items())},
+            "limit_cpu_ms_per_image": self.limit_cpu_s / self.images * 1000,
+            "limit_ms_per_image": self.limit_wall_s / self.images * 1000,
+            "e2e_ms_per_image": self.e2e_wall_s / self.images * 1000,
+        }
+
+
+def measure_point(
+    service: Service,
+    meter: CpuMeter,
+    limit: Limit,
+    photos: Sequence[bytes],
+    case: Case,
+    batching: str,
+    concurrency: int,
+    requests: int,
+    progress: tqdm,
+) -> dict:
+    """Warm up, then ``case.rounds`` rounds of (end-to-end load, limit on the batch sizes it formed)."""
+    progress.set_postfix_str(f"batching {batching}, concurrency {concurrency}")
+    warmup = post_images(service.port, photos, concurrency, concurrency, case.round_timeout_s, case.request_timeout_s)
+    meter.refresh_names()
+    limit.run([max(batch_schedule(warmup.replies))])  # onnxruntime sizes its buffers for the largest batch
+    point = Point(case.name, batching, concurrency)
+    per_round = max(1, requests // case.rounds)
+    for _ in range(case.rounds):
+        before = meter.snapshot()
+        load = post_images(
+            service.port, photos, concurrency, per_round, case.round_timeout_s, case.request_timeout_s,
+            on_reply=lambda: progress.update(1),
+        )
+        after = meter.snapshot()
+        for role, seconds in meter.roles(before, after, load.client_cpu_s).items():
+            point.cpu_s[role] += seconds
+        schedule = batch_schedule(load.replies)
+        images = len(load.replies)
+        limit_wall, limit_cpu = limit.run(schedule, on_batch=progress.update)
+        point.images += images
+        point.e2e_wall_s += load.wall_s
+        point.limit_wall_s += limit_wall * images / sum(schedule)
+        point.limit_cpu_s += limit_cpu * images / sum(schedule)
+        point.round_ratios.append((images / load.wall_s) / (sum(schedule) / limit_wall))
+        point.latencies_s += [reply.latency_s for reply in load.replies]
+        point.batch_sizes += [reply.batch_size for reply in load.replies]
+        point.timings += [reply.timings for reply in load.replies]
+    return point.summary()
+
+
+# --------------------------------------------------------------------------------------------
+# 50,000 classes: ranking as a share of model time
+
+
+def ranking_cost(
+    limit: Limit, model_ms_per_image: float, batch_sizes: Sequence[int] = (1, 8), repeats: int = 20
+) -> dict:
+    """Per image: ``rank`` (top-k + voting) and crop averaging + softmax, against the model time."""
+    ensemble = limit.ensemble
+    n_crops = len(ensemble.crop_groups(limit.tta)[0].sizes)
+    results = {}
+    for batch in batch_sizes:
+        images = limit.images(batch)
+        probs = ensemble.member_probabilities(images, limit.tta)
+        logits = np.random.default_rng(0).standard_normal((batch * n_crops, ensemble.num_classes)).astype(np.float32)
+        timed: dict[str, list[float]] = defaultdict(list)
+        for _ in range(repeats):
+            for name, call in (
+                ("rank_vote", lambda: rank(probs, 5, "vote")),
+                ("rank_mean", lambda: rank(probs, 5, "mean")),
+                ("crop_average_softmax", lambda: [crop_average_probabilities(logits, n_crops) for _ in probs]),
+            ):
+                started = time.perf_counter()
+                call()
+                timed[name].append((time.perf_counter() - started) / batch * 1000)
+        results[str(batch)] = {
+            name: {"ms_per_image": median, "share_of_model": median / model_ms_per_image}
+            for name, median in ((name, statistics.median(values)) for name, values in timed.items())
+        }
+    return {
+        "classes": ensemble.num_classes,
+        "members": len(ensemble.members),
+        "model_ms_per_image": model_ms_per_image,
+        "by_batch": results,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Running a case
+
+
+SERVICE_SETTINGS_REPORTED = (
+    "max_batch_size",
+    "max_queue_delay_ms",
+    "intra_op_threads",
+    "intra_op_spinning",
+    "inter_op_threads",
+    "decode_workers",
+)
+
+
+def run_case(case: Case, args: argparse.Namespace, overrides: dict[str, str], scratch: Path) -> dict:
+    """Every point of one ensemble, its session-options check, profile and (50K classes) ranking cost."""
+    repository = ensure_repository(case.name, args.cache, args.fmnist_dir)
+    photos = product_photos(args.fmnist_dir, args.photos if case.photo_size is None else 32, case.photo_size)
+    concurrency = tuple(args.concurrency or case.concurrency)
+    requests = {c: args.requests or case.requests.get(c, case.requests[max(case.requests)]) for c in concurrency}
+    settings, _ = settings_for(repository, overrides)
+    tqdm.write(f"[{case.name}] loading the reference ensemble (the service's session options)")
+    limit = Limit(load_ensemble(settings), photos, settings)
+    points, profile = [], None
+    total = case.check_batch * case.check_repeats * case.check_passes * len(session_variants(settings))
+    total += 2 * sum(requests[c] // case.rounds * case.rounds for c in concurrency) * len(BATCHING)
+    with tqdm(total=total, desc=f"{case.name}: images (limit + end-to-end)", unit="img", mininterval=1) as progress:
+        progress.set_postfix_str("session options")
+        session_check = session_options_check(
+            limit, settings, case.check_batch, case.check_repeats, case.check_passes, progress
+        )
+        for batching, batching_overrides in BATCHING.items():
+            service_settings, env = settings_for(repository, {**overrides, **batching_overrides})
+            reported = service_settings.model_dump(include=set(SERVICE_SETTINGS_REPORTED))
+            with Service(env, scratch / f"service-{case.name}-{batching}.log") as service:
+                meter = CpuMeter(service, use_py_spy=not args.no_profile)
+                for c in concurrency:
+                    point = measure_point(service, meter, limit, photos, case, batching, c, requests[c], progress)
+                    point["settings"] = reported
+                    points.append(point)
+                    progress.write(
+                        f"[{case.name}] batching {batching:3} c={c:2}: {point['images_per_s']:8.1f} img/s, "
+                        f"limit {point['limit_images_per_s']:8.1f} img/s, ratio {point['ratio']:.2f}, "
+                        f"p50 {point['latency_ms']['p50']:.0f} ms, mean batch {point['mean_batch_size']:.1f}"
+                    )
+                if batching == "on" and case.name in args.profile_cases and not args.no_profile:
+                    progress.set_postfix_str("profiling (not timed)")
+                    profile_path = args.cache / f"profile-{case.name}.txt"
+                    profile = profile_service(
+                        service, photos, case, TARGET_CONCURRENCY, case.profile_requests, profile_path
+                    )
+    result = {
+        "case": case.name,
+        "title": case.title,
+        "repository": os.path.relpath(repository, ROOT),
+        "photo_bytes_mean": float(np.mean([len(photo) for photo in photos])),
+        "members": [member.manifest.name for member in limit.ensemble.members],
+        "tta_sizes": list(limit.ensemble.crop_groups(settings.tta)[0].sizes),
+        "classes": limit.ensemble.num_classes,
+        "session_options": session_check,
+        "points": points,
+        "profile": profile,
+    }
+    if case.name == "realistic" or args.ranking_all:
+        target = next((p for p in points if _is_target(p)), points[0])
+        result["ranking"] = ranking_cost(limit, target["limit_ms_per_image"])
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Report: JSON, plot, markdown
+
+
+def _is_target(point: dict) -> bool:
+    return point["batching"] == "on" and point["concurrency"] == TARGET_CONCURRENCY
+
+
+def _point_label(point: dict) -> str:
+    return f"c={point['concurrency']}\n{point['batching']}"
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = results["cases"]
+    figure, axes = plt.subplots(len(cases), 3, figsize=(15, 4.2 * len(cases)), squeeze=False)
+    for row, case in enumerate(cases):
+        points = case["points"]
+        labels = [_point_label(point) for point in points]
+        x = np.arange(len(points))
+        throughput, ratio, latency = axes[row]
+        throughput.bar(x - 0.2, [p["images_per_s"] for p in points], 0.4, label="service end-to-end")
+        throughput.bar(x + 0.2, [p["limit_images_per_s"] for p in points], 0.4, label="limit: raw onnxruntime")
+        throughput.set_ylabel("images/s")
+        throughput.set_title(f"{case['case']}: throughput")
+        throughput.legend(fontsize=8)
+        colours = ["tab:green" if p["ratio"] >= TARGET_RATIO else "tab:red" for p in points]
+        ratio.bar(x, [p["ratio"] for p in points], 0.6, color=colours)
+        ratio.errorbar(
+            x,
+            [p["ratio"] for p in points],
+            yerr=[
+                [p["ratio"] - min(p["round_ratios"]) for p in points],
+                [max(p["round_ratios"]) - p["ratio"] for p in points],
+            ],
+            fmt="none",
+            ecolor="black",
+            capsize=3,
+        )
+        ratio.axhline(TARGET_RATIO, color="black", linestyle="--", linewidth=1, label=f"target {TARGET_RATIO}")
+        ratio.set_ylim(0, max(1.1, max(p["ratio"] for p in points) * 1.1))
+        ratio.set_ylabel("end-to-end / limit")
+        ratio.set_title(f"{case['case']}: ratio to the limit (bars: min..max over rounds)")
+        ratio.legend(fontsize=8)
+        for key, offset in (("p50", -0.25), ("p95", 0.0), ("p99", 0.25)):
+            latency.bar(x + offset, [p["latency_ms"][key] for p in points], 0.25, label=key)
+        latency.set_yscale("log")
+        latency.set_ylabel("latency (ms, log)")
+        latency.set_title(f"{case['case']}: client latency")
+        latency.legend(fontsize=8)
+        for axis in (throughput, ratio, latency):
+            axis.set_xticks(x, labels, fontsize=8)
+    figure.suptitle(f"Serving vs raw onnxruntime on {results['machine']['cpus']} CPUs (batching on/off, concurrency c)")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if i else "---" for i in range(len(header))) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def markdown(results: dict, plot_path: Path, doc_path: Path) -> str:
+    """The generated part of docs/serving-benchmark.md."""
+    machine = results["machine"]
+    lines = [
+        GENERATED_BEGIN,
+        "",
+        f"Measured {results['date']} on {machine['cpus']} CPUs ({machine['processor']}), load average "
+        f"{machine['loadavg_start']} at the start; commit {results['commit']}. Command:",
+        "",
+        f"    {results['command']}",
+        "",
+        f"![serving benchmark]({os.path.relpath(plot_path, doc_path.parent)})",
+        "",
+    ]
+    for case in results["cases"]:
+        lines += [f"### {case['title']}", ""]
+        points = case["points"]
+        settings = points[0]["settings"]
+        lines += [
+            f"Service settings: intra-op threads {settings['intra_op_threads']} (0 = one per core), spinning "
+            f"{settings.get('intra_op_spinning', 'onnxruntime default')}, "
+            f"decode workers {settings['decode_workers']}, batching on = up to {settings['max_batch_size']} "
+            f"images within {settings['max_queue_delay_ms']:g} ms, off = max_batch_size 1. "
+            f"JPEGs of {case['photo_bytes_mean'] / 1024:.1f} KiB on average.",
+            "",
+        ]
+        check = case["session_options"]
+        best = max(check["images_per_s"].values())
+        lines += [
+            f"Raw onnxruntime at batch {check['batch']} with a few session options (median of {check['repeats']}, "
+            "interleaved): the limit below uses the service's (marked), so it is only as good as they are.",
+            "",
+        ]
+        lines += _table(
+            ["session options", "images/s", "of the best"],
+            [
+                [
+                    name + (" **(service)**" if name == check["service_variant"] else ""),
+                    f"{value:.1f}",
+                    f"{value / best:.2f}",
+                ]
+                for name, value in check["images_per_s"].items()
+            ],
+        )
+        lines.append("")
+        lines += _table(
+            ["batching", "concurrency", "images", "end-to-end img/s", "limit img/s", "ratio", "ratio min..max",
+             "p50 ms", "p95 ms", "p99 ms", "mean batch"],
+            [
+                [p["batching"], str(p["concurrency"]), str(p["images"]), f"{p['images_per_s']:.1f}",
+                 f"{p['limit_images_per_s']:.1f}", f"**{p['ratio']:.2f}**",
+                 f"{min(p['round_ratios']):.2f}..{max(p['round_ratios']):.2f}",
+                 f"{p['latency_ms']['p50']:.1f}", f"{p['latency_ms']['p95']:.1f}", f"{p['latency_ms']['p99']:.1f}",
+                 f"{p['mean_batch_size']:.1f}"]
+                for p in points
+            ],
+        )
+        lines += ["", "Where a request's time goes (mean ms per request, from the timings each response carries):", ""]
+        lines += _table(
+            ["batching", "concurrency", *LATENCY_PARTS.values()],
+            [
+                [p["batching"], str(p["concurrency"])]
+                + [f"{p['latency_breakdown_ms'][key]:.2f}" for key in LATENCY_PARTS]
+                for p in points
+            ],
+        )
+        roles = sorted(
+            {role for p in points for role, ms in p["cpu_ms_per_image"].items() if ms >= 0.005},
+            key=lambda role: -max(p["cpu_ms_per_image"].get(role, 0.0) for p in points),
+        )
+        lines += ["", "Where the CPU goes (CPU ms per image, /proc; the limit's own CPU per image last):", ""]
+        lines += _table(
+            ["role"] + [f"{p['batching']} c={p['concurrency']}" for p in points],
+            [[role] + [f"{p['cpu_ms_per_image'].get(role, 0.0):.2f}" for p in points] for role in roles]
+            + [["**limit (raw onnxruntime)**"] + [f"{p['limit_cpu_ms_per_image']:.2f}" for p in points]],
+        )
+        profile = case.get("profile")
+        if profile:
+            lines += [
+                "",
+                f"Profile (py-spy, samples of the thread holding the GIL in the service, batching on, concurrency "
+                f"{profile['concurrency']}, {profile['images']} images): the GIL was held "
+                f"**{profile['gil_busy_share']:.0%}** of the time, "
+                f"{profile['python_ms_per_image']:.2f} ms of Python per image "
+                f"({profile['images_per_s_under_profiler']:.0f} img/s under the profiler).",
+                "",
+            ]
+            lines += _table(["where (nearest frame that says what for)", "share of GIL time"],
+                            [[name, f"{share:.1%}"] for name, share in profile["categories"].items()])
+            lines += ["", "Top leaf functions:", ""]
+            top = list(profile["top_functions"].items())[:10]
+            lines += _table(["function", "share"], [[f"`{name}`", f"{share:.1%}"] for name, share in top])
+        ranking = case.get("ranking")
+        if ranking:
+            lines += [
+                "",
+                f"{ranking['classes']:,} classes, {ranking['members']} members: per-image cost against the model time "
+                f"({ranking['model_ms_per_image']:.1f} ms per image: the limit at the batch sizes of batching on, "
+                f"concurrency {TARGET_CONCURRENCY}):",
+                "",
+            ]
+            lines += _table(
+                ["batch", "step", "ms per image", "share of model time"],
+                [[batch, name, f"{cost['ms_per_image']:.3f}", f"{cost['share_of_model']:.3%}"]
+                 for batch, steps in ranking["by_batch"].items() for name, cost in steps.items()],
+            )
+        lines.append("")
+    lines.append(GENERATED_END)
+    return "\n".join(lines)
+
+
+def write_doc(path: Path, section: str) -> None:
+    """Replace the generated part of ``path`` (or create the file), keeping what people wrote around it."""
+    if path.exists() and GENERATED_BEGIN in (text := path.read_text()):
+        head, rest = text.split(GENERATED_BEGIN, 1)
+        tail = rest.split(GENERATED_END, 1)[1] if GENERATED_END in rest else ""
+        path.write_text(head + section + tail)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("# Serving benchmark\n\n" + section + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _git_commit() -> str:
+    try:
+        def git(*arguments: str) -> str:
+            return subprocess.run(["git", *arguments], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
+        dirty = " + uncommitted changes in app/" if git("status", "--porcelain", "app").strip() else ""
+        return git("rev-parse", "--short", "HEAD").strip() + dirty
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = parser.add_argument_group("what to measure")
+    what.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES), help="ensembles to measure")
+    what.add_argument(
+        "--concurrency", nargs="+", type=int, help="client concurrencies (default per case: 1 8 32 / 1 8)"
+    )
+    what.add_argument("--requests", type=int, help="measured requests per point (default per case and concurrency)")
+    what.add_argument("--photos", type=int, default=256, help="distinct Fashion-MNIST test images posted (small case)")
+    what.add_argument(
+        "--setting", action="append", default=[], metavar="NAME=VALUE",
+        help="a service setting (app/core/config.py) for the service and the limit alike, e.g. intra_op_threads=1",
+    )
+    what.add_argument("--no-profile", action="store_true", help="skip py-spy (thread roles then coarse)")
+    what.add_argument("--profile-cases", nargs="*", default=["small"], help="cases profiled with py-spy")
+    what.add_argument("--ranking-all", action="store_true", help="time ranking for every case, not only realistic")
+    paths = parser.add_argument_group("paths")
+    paths.add_argument("--fmnist-dir", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
+    paths.add_argument(
+        "--cache", type=Path, default=ROOT / ".cache" / "serving-bench", help="model repositories, profiles"
+    )
+    paths.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serving.json")
+    paths.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "serving-benchmark.png")
+    paths.add_argument("--doc", type=Path, default=ROOT / "docs" / "serving-benchmark.md", help="'-': do not write")
+    args = parser.parse_args(argv)
+    for setting in args.setting:
+        if "=" not in setting:
+            parser.error(f"--setting {setting!r}: expected NAME=VALUE")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    overrides = dict(setting.split("=", 1) for setting in args.setting)
+    if "repository" in overrides:
+        raise SystemExit("--setting repository=...: each case has its own repository (see --cache)")
+    args.cache.mkdir(parents=True, exist_ok=True)
+    results = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": " ".join(["python", os.path.relpath(__file__, ROOT), *(argv if argv is not None else sys.argv[1:])]),
+        "commit": _git_commit(),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "loadavg_start": " ".join(f"{value:.1f}" for value in os.getloadavg()),
+        },
+        "setting_overrides": overrides,
+        "target": {"ratio": TARGET_RATIO, "concurrency": TARGET_CONCURRENCY, "batching": "on"},
+        "cases": [],
+    }
+    with tempfile.TemporaryDirectory(prefix="serving-bench-") as scratch:
+        for name in args.cases:
+            results["cases"].append(run_case(CASES[name], args, overrides, Path(scratch)))
+    results["machine"]["loadavg_end"] = " ".join(f"{value:.1f}" for value in os.getloadavg())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, args.plot)
+    if str(args.doc) != "-":
+        write_doc(args.doc, markdown(results, args.plot, args.doc))
+    print(f"wrote {args.out}, {args.plot}" + ("" if str(args.doc) == "-" else f", {args.doc}"))
+    for case in results["cases"]:
+        for point in filter(_is_target, case["points"]):
+            verdict = "meets" if point["ratio"] >= TARGET_RATIO else "MISSES"
+            print(f"{case['case']}: ratio {point['ratio']:.2f} at the target point {verdict} the target {TARGET_RATIO}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
