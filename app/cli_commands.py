@@ -79,16 +79,23 @@ def _literal_choices(annotation: object) -> list[str] | None:
     return None
 
 
-def settings_from_args(args: argparse.Namespace, **fixed: object):
-    """``Settings`` from the environment, overridden by the options given (and ``fixed``); CommandError if invalid."""
+def given_settings(args: argparse.Namespace) -> list[str]:
+    """Names of the settings given as options (the others are left to the environment)."""
+    from app.core.config import Settings
+
+    return [name for name in Settings.model_fields if getattr(args, name, None) is not None]
+
+
+def settings_from_args(args: argparse.Namespace):
+    """``Settings`` from the environment, overridden by the options given; CommandError if invalid."""
     from pydantic import ValidationError
 
     from app.cli import CommandError
     from app.core.config import Settings
 
-    overrides = {name: getattr(args, name) for name in Settings.model_fields if getattr(args, name, None) is not None}
+    overrides = {name: getattr(args, name) for name in given_settings(args)}
     try:
-        return Settings(**overrides, **fixed)
+        return Settings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise CommandError(f"invalid settings: {problems}") from exc

@@ -120,6 +120,7 @@ class Ensemble:
         self.members = list(members)
         self.labels = self.members[0].manifest.labels
         self.strategy: Strategy = spec.strategy  # type: ignore[assignment]
+        self._crop_groups = {tta: _group_by_preprocessing(self.members, tta) for tta in (False, True)}
 
     @classmethod
     def load(
@@ -142,14 +143,8 @@ class Ensemble:
         return len(self.labels)
 
     def crop_groups(self, tta: bool) -> list[CropGroup]:
-        groups: dict[tuple, list[int]] = {}
-        configs: dict[tuple, PreprocessConfig] = {}
-        for index, member in enumerate(self.members):
-            config = member.manifest.preprocess
-            key = (config.key, config.sizes(tta))
-            groups.setdefault(key, []).append(index)
-            configs[key] = config
-        return [CropGroup(configs[key], key[1], tuple(indices)) for key, indices in groups.items()]
+        """Members that share crops (computed once: the members never change)."""
+        return self._crop_groups[tta]
 
     def crop_plan(self, tta: bool) -> CropPlan:
         """What ``preprocess`` computes, as picklable (config, sizes) pairs (for decode workers)."""
@@ -189,6 +184,17 @@ class Ensemble:
         crops = [self.preprocess(image, tta) for image in images]
         probs = self.member_probabilities(crops, tta)
         return probs, rank(probs, top_k, strategy or self.strategy)
+
+
+def _group_by_preprocessing(members: Sequence[Member], tta: bool) -> list[CropGroup]:
+    groups: dict[tuple, list[int]] = {}
+    configs: dict[tuple, PreprocessConfig] = {}
+    for index, member in enumerate(members):
+        config = member.manifest.preprocess
+        key = (config.key, config.sizes(tta))
+        groups.setdefault(key, []).append(index)
+        configs[key] = config
+    return [CropGroup(configs[key], key[1], tuple(indices)) for key, indices in groups.items()]
 
 
 def _session_for(

@@ -102,11 +102,11 @@ def serve_command(args) -> int:
     """``productrec serve``: uvicorn on ``create_app``, settings from the environment and the options."""
     import uvicorn
 
-    from app.cli_commands import settings_from_args
+    from app.cli_commands import given_settings, settings_from_args
 
     settings = settings_from_args(args)
     # uvicorn's worker processes build their own app from the environment, so the options go there.
-    for name in (name for name in Settings.model_fields if getattr(args, name, None) is not None):
+    for name in given_settings(args):
         value = getattr(settings, name)
         os.environ[f"PRODUCTREC_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
     get_settings.cache_clear()

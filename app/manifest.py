@@ -194,14 +194,19 @@ def load_member(repository: Path, ref: MemberRef, verify: bool = True) -> Loaded
     return LoadedMember(manifest, onnx_path)
 
 
+def read_ensemble_spec(repository: Path) -> EnsembleSpec:
+    """The repository's ``ensemble.json``; ``RepositoryError`` naming the file when it is invalid."""
+    path = Path(repository) / ENSEMBLE_FILE
+    try:
+        return EnsembleSpec.from_dict(read_json(path))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RepositoryError(f"{path}: invalid ensemble file: {exc}") from exc
+
+
 def load_ensemble(repository: Path, verify: bool = True) -> tuple[EnsembleSpec, list[LoadedMember]]:
     """Read ``ensemble.json`` and every member; raise ``RepositoryError`` naming the bad file."""
     repository = Path(repository)
-    path = repository / ENSEMBLE_FILE
-    try:
-        spec = EnsembleSpec.from_dict(read_json(path))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise RepositoryError(f"{path}: invalid ensemble file: {exc}") from exc
+    spec = read_ensemble_spec(repository)
     members = [load_member(repository, ref, verify) for ref in spec.members]
     labels = members[0].manifest.labels
     for member in members[1:]:

@@ -56,7 +56,7 @@ from app.core.config import Settings  # noqa: E402
 from app.ensemble import crop_average_probabilities, rank  # noqa: E402
 from app.inference import Ensemble  # noqa: E402
 from app.manifest import ENSEMBLE_FILE  # noqa: E402
-from app.preprocess import decode_image, tta_crops  # noqa: E402
+from app.preprocess import decode_crops, tta_crops  # noqa: E402
 from app.serving.service import load_ensemble  # noqa: E402
 from training.data import load_fashion_mnist  # noqa: E402
 
@@ -420,10 +420,8 @@ class Limit:
     def __init__(self, ensemble: Ensemble, photos: Sequence[bytes], settings: Settings) -> None:
         self.ensemble = ensemble
         self.tta = settings.tta
-        in_chans = max(member.manifest.in_chans for member in ensemble.members)
-        self.crops = [
-            ensemble.preprocess(decode_image(data, in_chans, settings.max_image_pixels), self.tta) for data in photos
-        ]
+        plan = ensemble.crop_plan(self.tta)
+        self.crops = [decode_crops(data, plan, settings.max_image_pixels) for data in photos]
         self._next = 0
 
     def images(self, count: int) -> list[list[np.ndarray]]:

@@ -30,7 +30,7 @@ from app.manifest import (
     ModelManifest,
     load_member,
     member_dir,
-    read_json,
+    read_ensemble_spec,
     sha256_file,
     write_ensemble,
     write_json,
@@ -179,13 +179,10 @@ def next_version(repository: Path, name: str) -> str:
 def add_to_ensemble(repository: Path, manifest: ModelManifest) -> Path:
     """Name the member in ``ensemble.json`` (created if missing; a member of the same name is replaced)."""
     repository = Path(repository)
-    ref = MemberRef(manifest.name, manifest.version)
     if not (repository / ENSEMBLE_FILE).exists():
-        return write_ensemble(repository, EnsembleSpec("default", [ref], "vote"))
-    try:
-        spec = EnsembleSpec.from_dict(read_json(repository / ENSEMBLE_FILE))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"{repository / ENSEMBLE_FILE}: invalid ensemble file: {exc}") from exc
+        return write_default_ensemble(repository, [(manifest.name, manifest.version)])
+    ref = MemberRef(manifest.name, manifest.version)
+    spec = read_ensemble_spec(repository)
     others = [member for member in spec.members if member.name != manifest.name]
     if others and load_member(repository, others[0], verify=False).manifest.labels != manifest.labels:
         raise ConfigError(f"{manifest.name} has other labels than the ensemble's {others[0].name}; members must share one label space")

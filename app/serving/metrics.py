@@ -68,10 +68,6 @@ class _Value(_Metric):
         with self._lock:
             self._values[key] = self._values.get(key, 0.0) + amount
 
-    def value(self, *labels: str) -> float:
-        with self._lock:
-            return self._values.get(self._key(labels), 0.0)
-
     def samples(self) -> list[str]:
         with self._lock:
             items = sorted(self._values.items())
@@ -95,12 +91,6 @@ class Gauge(_Value):
         with self._lock:
             self._values[key] = float(value)
 
-    def inc(self, *labels: str, amount: float = 1.0) -> None:
-        self._add(amount, labels)
-
-    def dec(self, *labels: str, amount: float = 1.0) -> None:
-        self._add(-amount, labels)
-
 
 class Histogram(_Metric):
     kind = "histogram"
@@ -120,17 +110,6 @@ class Histogram(_Metric):
             counts, total = self._series.setdefault(key, ([0] * (len(self.buckets) + 1), [0.0]))
             counts[slot] += 1
             total[0] += value
-
-    def count(self, *labels: str) -> int:
-        with self._lock:
-            series = self._series.get(self._key(labels))
-            return sum(series[0]) if series else 0
-
-    def count_above(self, bound: float, *labels: str) -> int:
-        """Observations greater than ``bound`` (which must be a bucket bound)."""
-        with self._lock:
-            series = self._series.get(self._key(labels))
-            return sum(series[0][self.buckets.index(bound) + 1 :]) if series else 0
 
     def samples(self) -> list[str]:
         lines = []

@@ -23,7 +23,7 @@ from app.ensemble import Ranking, Strategy, rank
 from app.inference import Ensemble
 from app.schemas import LabelScore, MemberTop1, Prediction, Timings
 from app.serving.batcher import Batched, DynamicBatcher
-from app.serving.decode_pool import DecodePool
+from app.serving.decode_pool import DecodePool, DecodeTimeoutError
 from app.serving.metrics import ServingMetrics
 
 log = logging.getLogger("productrec.service")
@@ -69,7 +69,6 @@ class PredictionService:
         self.strategy: Strategy = settings.strategy or ensemble.strategy
         self.in_flight = 0
         self.decoding = 0  # images in (or waiting for) a decode worker: the ones a forming batch may wait for
-        self._plans = {tta: ensemble.crop_plan(tta) for tta in (False, True)}
         self.pool: DecodePool | None = None
         self.batcher: DynamicBatcher[InferenceRequest, InferenceResult] | None = None
 
@@ -129,7 +128,10 @@ class PredictionService:
         assert self.pool is not None and self.batcher is not None, "start() the service first"
         self.decoding += 1
         try:
-            decoded = await self.pool.decode_async(data, self._plans[tta], self.settings.max_image_pixels)
+            decoded = await self.pool.decode_async(data, self.ensemble.crop_plan(tta), self.settings.max_image_pixels)
+        except DecodeTimeoutError:
+            self.metrics.decode_timeouts.inc()
+            raise
         finally:
             self.decoding -= 1
         self.metrics.decode.observe(decoded.seconds)
