@@ -19,7 +19,7 @@ from PIL import Image
 
 from app.ensemble import Ranking, Strategy, crop_average_probabilities, rank
 from app.manifest import EnsembleSpec, LoadedMember, ModelManifest, RepositoryError, load_ensemble
-from app.preprocess import CropPlan, PreprocessConfig, crops_for_plan
+from app.preprocess import CropPlan, PreprocessConfig, crops_for_plan, decode_image, widest_in_chans
 
 log = logging.getLogger("productrec.inference")
 
@@ -149,6 +149,10 @@ class Ensemble:
     def crop_plan(self, tta: bool) -> CropPlan:
         """What ``preprocess`` computes, as picklable (config, sizes) pairs (for decode workers)."""
         return [(group.config, group.sizes) for group in self.crop_groups(tta)]
+
+    def decode(self, data: bytes, max_pixels: int) -> Image.Image:
+        """Decode bytes once, in the widest channel mode any member needs (as the decode workers do)."""
+        return decode_image(data, widest_in_chans(self.crop_plan(True)), max_pixels)
 
     def preprocess(self, image: Image.Image, tta: bool) -> list[np.ndarray]:
         """Crops of one decoded image, one ``[n_sizes, C, H, W]`` array per crop group."""

@@ -195,10 +195,14 @@ def crops_for_plan(image: Image.Image, plan: CropPlan) -> list[np.ndarray]:
     return [tta_crops(image, config, sizes) for config, sizes in plan]
 
 
+def widest_in_chans(plan: CropPlan) -> int:
+    """The channel mode to decode in once for every group of ``plan`` (RGB if any group needs it)."""
+    return max(config.in_chans for config, _ in plan)
+
+
 def decode_crops(data: bytes, plan: CropPlan, max_pixels: int) -> list[np.ndarray]:
     """Bytes -> crops for each group of ``plan`` (decoded once, in the widest channel mode needed)."""
-    image = decode_image(data, max(config.in_chans for config, _ in plan), max_pixels)
-    return crops_for_plan(image, plan)
+    return crops_for_plan(decode_image(data, widest_in_chans(plan), max_pixels), plan)
 
 
 def random_scaled_crop(

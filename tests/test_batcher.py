@@ -55,7 +55,7 @@ def test_concurrent_requests_are_coalesced_up_to_max_batch_size() -> None:
     sizes: list[int] = []
 
     async def scenario():
-        async with running(recorder, 4, 0.2, 100, on_batch=lambda size, _: sizes.append(size)) as batcher:
+        async with running(recorder, 4, 0.2, 100, on_batch=sizes.append) as batcher:
             return await asyncio.gather(*(batcher.submit(i) for i in range(10)))
 
     results = run(scenario())

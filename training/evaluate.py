@@ -26,7 +26,7 @@ from app.cli import CommandError
 from app.ensemble import Ranking, predict_top1
 from app.inference import Ensemble, ProviderPreference
 from app.manifest import EnsembleSpec, MemberRef, ModelManifest, sha256_file, write_json
-from app.preprocess import decode_image, tta_crops
+from app.preprocess import tta_crops
 from training.config import DataConfig, user_errors
 from training.data import DEFAULT_MAX_PIXELS, BadImageError, ImageSet, Splits, build_splits
 from training.export import run_manifest
@@ -81,12 +81,11 @@ def evaluate_repository(
 ) -> tuple[np.ndarray, list[Ranking]]:
     """``[M, B, K]`` member probabilities and the rankings the service would return for ``images``.
 
-    A thin wrapper over ``app.inference.Ensemble``: encoded images are decoded with
-    ``app.preprocess.decode_image`` in the widest channel mode of the members.
+    A thin wrapper over ``app.inference.Ensemble``: encoded images are decoded by
+    ``Ensemble.decode``, as the service's decode workers do.
     """
     ensemble = Ensemble.load(Path(repository), provider)
-    in_chans = max(member.manifest.in_chans for member in ensemble.members)
-    decoded = [decode_image(image, in_chans, max_pixels) if isinstance(image, bytes) else image for image in images]
+    decoded = [ensemble.decode(image, max_pixels) if isinstance(image, bytes) else image for image in images]
     return ensemble.predict(decoded, top_k=top_k, tta=tta)
 
 

@@ -58,7 +58,7 @@ class DynamicBatcher(Generic[Request, Result]):
         max_batch_size: int,
         max_queue_delay_s: float,
         queue_limit: int,
-        on_batch: Callable[[int, float], None] | None = None,
+        on_batch: Callable[[int], None] | None = None,
         arriving: Callable[[], int] | None = None,
     ) -> None:
         """``arriving``: how many requests are on their way to ``submit`` (e.g. being decoded); when it
@@ -141,7 +141,7 @@ class DynamicBatcher(Generic[Request, Result]):
             return
         run_s = time.perf_counter() - started
         if self._on_batch:
-            self._on_batch(len(batch), run_s)
+            self._on_batch(len(batch))
         for pending, result in zip(batch, results):
             if not pending.future.done():
                 pending.future.set_result(Batched(result, len(batch), started - pending.enqueued, run_s))

@@ -83,7 +83,7 @@ class PredictionService:
             settings.max_batch_size,
             settings.max_queue_delay_ms / 1000.0,
             settings.queue_limit,
-            on_batch=lambda size, _: self.metrics.batch_size.observe(size),
+            on_batch=self.metrics.batch_size.observe,
             arriving=lambda: self.decoding,
         )
         self.batcher.start()
