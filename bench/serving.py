@@ -3,11 +3,13 @@
     .venv/bin/python bench/serving.py                  # both ensembles, about 15 minutes on 2 shared cores
     .venv/bin/python bench/serving.py --cases small    # the Fashion-MNIST ensemble only, about 5 minutes
 
-For each ensemble and each point (concurrency x dynamic batching on/off):
+For each ensemble and each point (concurrency x dynamic batching on/off, and for the small
+ensemble the batch endpoint at concurrency 1 and 8):
 
 - end-to-end: ``productrec serve`` in a subprocess on a free loopback port (settings through
   ``PRODUCTREC_*``), loaded by client threads (``http.client``, one keep-alive connection each)
-  posting JPEG product photos (Fashion-MNIST test images) as the raw request body;
+  posting JPEG product photos (Fashion-MNIST test images) as the raw request body to /v1/predict,
+  or 16 at a time as multipart to /v1/predict/batch;
 - the limit: ``Ensemble.member_probabilities`` in this process on the same images' crops, made
   beforehand by ``Ensemble.preprocess`` (no decode, no HTTP), with the session options the service
   uses, replaying exactly the batch sizes the service formed in the round before it.
@@ -15,7 +17,9 @@ For each ensemble and each point (concurrency x dynamic batching on/off):
 End-to-end and limit rounds alternate, so a busy machine slows both alike; the figure reported is
 the ratio end-to-end / limit (images/s). Where the rest goes comes from three sources: the timings
 each response carries, the CPU time of every thread of the service, its decode workers and the
-client (``/proc``), and a py-spy profile of the service's Python code under load.
+client (``/proc``), and a py-spy profile of the service's Python code under load. The HTTP floor,
+a bare ASGI app (``bench/http_floor.py``) on the same uvicorn under the same client, tells what
+HTTP alone costs per request.
 
 Writes ``bench/results/serving.json``, ``docs/img/serving-benchmark.png`` and the generated part
 of ``docs/serving-benchmark.md``. Repositories are built once under ``.cache/serving-bench``
@@ -56,7 +60,7 @@ from app.core.config import Settings  # noqa: E402
 from app.ensemble import crop_average_probabilities, rank  # noqa: E402
 from app.inference import Ensemble  # noqa: E402
 from app.manifest import ENSEMBLE_FILE  # noqa: E402
-from app.preprocess import decode_crops, tta_crops  # noqa: E402
+from app.preprocess import PreprocessConfig, decode_crops  # noqa: E402
 from app.serving.service import load_ensemble  # noqa: E402
 from training.data import load_fashion_mnist  # noqa: E402
 
@@ -96,6 +100,8 @@ class Case:
     check_repeats: int  # per variant and pass
     check_passes: int
     profile_requests: int  # requests of the (untimed) profiling run at the target concurrency
+    batch_endpoint_concurrency: tuple[int, ...] = ()  # /v1/predict/batch points (batching on); () for none
+    batch_endpoint_items: int = 16  # images per /v1/predict/batch request
 
 
 CASES = {
@@ -113,6 +119,8 @@ CASES = {
         check_repeats=10,
         check_passes=2,
         profile_requests=1500,
+        batch_endpoint_concurrency=(1, 8),
+        batch_endpoint_items=16,
     ),
     "realistic": Case(
         name="realistic",
@@ -177,8 +185,7 @@ def _build_realistic(repository: Path, fmnist_dir: Path) -> None:
     import timm
     import torch
 
-    from app.manifest import LossSpec, ModelManifest
-    from training.export import export_to_repository, write_default_ensemble
+    from training.export import UNTRAINED_VERSION, export_untrained, write_default_ensemble
 
     labels = [f"product-{index:05d}" for index in range(REALISTIC_CLASSES)]
     names = [f"{REALISTIC_ARCHITECTURE}-{member}" for member in range(REALISTIC_MEMBERS)]
@@ -187,28 +194,16 @@ def _build_realistic(repository: Path, fmnist_dir: Path) -> None:
         torch.manual_seed(member)
         model = timm.create_model(REALISTIC_ARCHITECTURE, pretrained=False, num_classes=REALISTIC_CLASSES)
         pretrained = model.pretrained_cfg
-        manifest = ModelManifest(
-            name=name,
-            version="untrained",
-            architecture=REALISTIC_ARCHITECTURE,
+        preprocess = PreprocessConfig(
             input_size=REALISTIC_INPUT,
             in_chans=3,
-            mean=list(pretrained["mean"]),
-            std=list(pretrained["std"]),
+            mean=tuple(pretrained["mean"]),
+            std=tuple(pretrained["std"]),
             interpolation=pretrained.get("interpolation", "bilinear"),
-            tta_sizes=list(REALISTIC_TTA),
-            labels=labels,
-            class_counts=[],
-            loss=LossSpec(name="none"),
-            sha256="",
-            opset=0,
-            training_command="untrained (random weights, for speed only): bench/serving.py",
+            tta_sizes=REALISTIC_TTA,
         )
-        config = manifest.preprocess
-        check = np.concatenate([tta_crops(photo, config, config.sizes(tta=True)) for photo in photos])
-        with torch.no_grad():
-            export_to_repository(model, manifest, repository, check)
-    write_default_ensemble(repository, [(name, "untrained") for name in names], name="realistic-untrained")
+        export_untrained(model, repository, name, REALISTIC_ARCHITECTURE, preprocess, labels, photos, "bench/serving.py")
+    write_default_ensemble(repository, [(name, UNTRAINED_VERSION) for name in names], name="realistic-untrained")
 
 
 def product_photos(fmnist_dir: Path, count: int, size: int | None) -> list[bytes]:
@@ -245,17 +240,24 @@ def _free_port() -> int:
 
 
 class Service:
-    """``productrec serve`` in a subprocess on a free loopback port, stopped on exit."""
+    """``productrec serve`` (or another ASGI ``command``) in a subprocess on a free loopback port, stopped on exit."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, ready_timeout_s: float = 600) -> None:
-        executable = Path(sys.executable).with_name("productrec")
-        if not executable.exists():
-            raise RuntimeError(f"{executable} not found: install the project (pip install -e '.[serve-cpu,train,dev]')")
+    def __init__(
+        self, env: dict[str, str], log_path: Path, ready_timeout_s: float = 600, command: Sequence[str] | None = None
+    ) -> None:
+        """``command``: the server to start, to which ``--host``, ``--port`` and ``--log-level`` are added."""
+        if command is None:
+            executable = Path(sys.executable).with_name("productrec")
+            if not executable.exists():
+                raise RuntimeError(
+                    f"{executable} not found: install the project (pip install -e '.[serve-cpu,train,dev]')"
+                )
+            command = [str(executable), "serve"]
         self.port = _free_port()
         self.log_path = log_path
         self._log = log_path.open("w")
         self.process = subprocess.Popen(
-            [str(executable), "serve", "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
+            [*command, "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
             env={**os.environ, **env},
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -340,6 +342,21 @@ class LoadRound:
     client_cpu_s: float
 
 
+MULTIPART_BOUNDARY = "productrec-bench-boundary"
+
+
+def batch_body(photos: Sequence[bytes]) -> bytes:
+    """A multipart body with one ``files`` part per photo, as ``curl -F files=@a.jpg -F files=@b.jpg`` sends."""
+    parts = []
+    for index, data in enumerate(photos):
+        head = (
+            f"--{MULTIPART_BOUNDARY}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{index}.jpg\"\r\n"
+            "Content-Type: image/jpeg\r\n\r\n"
+        )
+        parts += [head.encode(), data, b"\r\n"]
+    return b"".join([*parts, f"--{MULTIPART_BOUNDARY}--\r\n".encode()])
+
+
 def post_images(
     port: int,
     photos: Sequence[bytes],
@@ -348,11 +365,14 @@ def post_images(
     timeout_s: float,
     request_timeout_s: float,
     on_reply: Callable[[], None] = lambda: None,
+    per_request: int = 1,
 ) -> LoadRound:
-    """``requests`` POSTs of ``photos`` (cycled) to /v1/predict from ``concurrency`` threads.
+    """POSTs of ``requests`` images from ``photos`` (cycled) from ``concurrency`` threads.
 
+    ``per_request`` 1: each image is one raw-body POST to /v1/predict; more: that many images per
+    multipart POST to /v1/predict/batch (one ``Reply`` per image, with its request's latency).
     Each thread keeps one connection; no new request starts after ``timeout_s``. Any answer other
-    than 200 stops the round and raises.
+    than 200 (or a batch item other than 200) stops the round and raises.
     """
     lock = threading.Lock()
     issued = 0
@@ -360,6 +380,10 @@ def post_images(
     failures: list[str] = []
     client_cpu = [0.0] * concurrency
     deadline = time.perf_counter() + timeout_s
+    if per_request == 1:
+        path, headers = "/v1/predict", {"Content-Type": "image/jpeg"}
+    else:
+        path, headers = "/v1/predict/batch", {"Content-Type": f"multipart/form-data; boundary={MULTIPART_BOUNDARY}"}
 
     def client(slot: int) -> None:
         nonlocal issued
@@ -370,10 +394,11 @@ def post_images(
                 with lock:
                     if issued >= requests:
                         break
-                    body = photos[issued % len(photos)]
-                    issued += 1
+                    chosen = [photos[(issued + offset) % len(photos)] for offset in range(per_request)]
+                    issued += per_request
+                body = chosen[0] if per_request == 1 else batch_body(chosen)
                 started = time.perf_counter()
-                connection.request("POST", "/v1/predict", body=body, headers={"Content-Type": "image/jpeg"})
+                connection.request("POST", path, body=body, headers=headers)
                 response = connection.getresponse()
                 payload = response.read()
                 latency = time.perf_counter() - started
@@ -381,9 +406,14 @@ def post_images(
                     failures.append(f"HTTP {response.status}: {payload[:500].decode(errors='replace')}")
                     break
                 answer = json.loads(payload)
+                predictions = [answer] if per_request == 1 else [item["prediction"] for item in answer["results"]]
+                if any(prediction is None for prediction in predictions):
+                    failures.append(f"a batch item failed: {payload[:500].decode(errors='replace')}")
+                    break
                 with lock:
-                    replies.append(Reply(latency, answer["batch_size"], answer["timings"]))
-                on_reply()
+                    replies.extend(Reply(latency, p["batch_size"], p["timings"]) for p in predictions)
+                for _ in predictions:
+                    on_reply()
         except Exception as exc:  # noqa: BLE001 - reported below, in the main thread
             failures.append(f"{type(exc).__name__}: {exc}")
         finally:
@@ -423,6 +453,14 @@ class Limit:
         plan = ensemble.crop_plan(self.tta)
         self.crops = [decode_crops(data, plan, settings.max_image_pixels) for data in photos]
         self._next = 0
+        # What decoding and cropping cost at best (in this process: no worker, no IPC), CPU ms per image.
+        passes = []
+        for _ in range(3):
+            started = time.process_time()
+            for data in photos:
+                decode_crops(data, plan, settings.max_image_pixels)
+            passes.append((time.process_time() - started) / len(photos) * 1000)
+        self.preprocess_cpu_ms = statistics.median(passes)
 
     def images(self, count: int) -> list[list[np.ndarray]]:
         """The crops of the next ``count`` images (cycling)."""
@@ -621,7 +659,7 @@ PROFILE_CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("request body: reading, limits", ("app/api/uploads.py", "starlette/requests.py")),
     ("metrics", ("app/serving/metrics.py", "app/api/middleware.py")),
-    ("HTTP server: uvicorn, h11", ("h11/", "uvicorn/")),
+    ("HTTP server: uvicorn, httptools or h11", ("h11/", "httptools/", "uvicorn/")),
     ("FastAPI/Starlette: routing, middleware, dependencies", ("starlette/", "fastapi/", "app/api/")),
     ("service: admission, gather", ("app/serving/service.py",)),
 ]
@@ -710,6 +748,8 @@ def profile_service(
 @dataclass
 class Point:
     case: str
+    endpoint: str  # "predict" (one image per request) or "batch" (/v1/predict/batch)
+    per_request: int  # images per request
     batching: str
     concurrency: int
     images: int = 0
@@ -741,6 +781,8 @@ class Point:
         }
         return {
             "case": self.case,
+            "endpoint": self.endpoint,
+            "images_per_request": self.per_request,
             "batching": self.batching,
             "concurrency": self.concurrency,
             "images": self.images,
@@ -774,19 +816,27 @@ def measure_point(
     concurrency: int,
     requests: int,
     progress: tqdm,
+    per_request: int = 1,
 ) -> dict:
-    """Warm up, then ``case.rounds`` rounds of (end-to-end load, limit on the batch sizes it formed)."""
-    progress.set_postfix_str(f"batching {batching}, concurrency {concurrency}")
-    warmup = post_images(service.port, photos, concurrency, concurrency, case.round_timeout_s, case.request_timeout_s)
+    """Warm up, then ``case.rounds`` rounds of (end-to-end load, limit on the batch sizes it formed).
+
+    ``requests`` counts images; ``per_request`` > 1 posts them that many at a time to /v1/predict/batch.
+    """
+    endpoint = "predict" if per_request == 1 else "batch"
+    progress.set_postfix_str(f"{endpoint}, batching {batching}, concurrency {concurrency}")
+    warmup = post_images(
+        service.port, photos, concurrency, concurrency * per_request, case.round_timeout_s, case.request_timeout_s,
+        per_request=per_request,
+    )
     meter.refresh_names()
     limit.run([max(batch_schedule(warmup.replies))])  # onnxruntime sizes its buffers for the largest batch
-    point = Point(case.name, batching, concurrency)
-    per_round = max(1, requests // case.rounds)
+    point = Point(case.name, endpoint, per_request, batching, concurrency)
+    per_round = max(per_request, requests // case.rounds)
     for _ in range(case.rounds):
         before = meter.snapshot()
         load = post_images(
             service.port, photos, concurrency, per_round, case.round_timeout_s, case.request_timeout_s,
-            on_reply=lambda: progress.update(1),
+            on_reply=lambda: progress.update(1), per_request=per_request,
         )
         after = meter.snapshot()
         for role, seconds in meter.roles(before, after, load.client_cpu_s).items():
@@ -856,18 +906,56 @@ SERVICE_SETTINGS_REPORTED = (
 )
 
 
+FLOOR_REQUESTS = 3000
+
+
+def sample_response(port: int, photo: bytes) -> bytes:
+    """One real /v1/predict answer of the service, for the HTTP floor to send back."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    try:
+        connection.request("POST", "/v1/predict", body=photo, headers={"Content-Type": "image/jpeg"})
+        return connection.getresponse().read()
+    finally:
+        connection.close()
+
+
+def http_floor(
+    response: bytes, photos: Sequence[bytes], case: Case, scratch: Path, requests: int = FLOOR_REQUESTS
+) -> dict:
+    """What HTTP alone costs: ``bench/http_floor.py`` (no framework, no work) on the same uvicorn and client."""
+    answer = scratch / f"floor-response-{case.name}.json"
+    answer.write_bytes(response)
+    command = [sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "bench"), "http_floor:app"]
+    env = {"PRODUCTREC_BENCH_FLOOR_RESPONSE": str(answer)}
+    with Service(env, scratch / f"floor-{case.name}.log", command=command) as floor:
+        post_images(floor.port, photos, TARGET_CONCURRENCY, 200, case.round_timeout_s, case.request_timeout_s)
+        before = process_cpu(floor.pid)
+        load = post_images(floor.port, photos, TARGET_CONCURRENCY, requests, case.round_timeout_s, case.request_timeout_s)
+        server_s = process_cpu(floor.pid) - before
+    count = len(load.replies)
+    return {
+        "concurrency": TARGET_CONCURRENCY,
+        "requests": count,
+        "requests_per_s": count / load.wall_s,
+        "server_cpu_ms_per_request": server_s / count * 1000,
+        "client_cpu_ms_per_request": load.client_cpu_s / count * 1000,
+    }
+
+
 def run_case(case: Case, args: argparse.Namespace, overrides: dict[str, str], scratch: Path) -> dict:
-    """Every point of one ensemble, its session-options check, profile and (50K classes) ranking cost."""
+    """Every point of one ensemble, its session-options check, profile, HTTP floor and (50K classes) ranking cost."""
     repository = ensure_repository(case.name, args.cache, args.fmnist_dir)
     photos = product_photos(args.fmnist_dir, args.photos if case.photo_size is None else 32, case.photo_size)
     concurrency = tuple(args.concurrency or case.concurrency)
     requests = {c: args.requests or case.requests.get(c, case.requests[max(case.requests)]) for c in concurrency}
+    batch_points = {c: requests.get(c, case.requests[max(case.requests)]) for c in case.batch_endpoint_concurrency}
     settings, _ = settings_for(repository, overrides)
     tqdm.write(f"[{case.name}] loading the reference ensemble (the service's session options)")
     limit = Limit(load_ensemble(settings), photos, settings)
     points, profile = [], None
     total = case.check_batch * case.check_repeats * case.check_passes * len(session_variants(settings))
     total += 2 * sum(requests[c] // case.rounds * case.rounds for c in concurrency) * len(BATCHING)
+    total += 2 * sum(n // case.rounds * case.rounds for n in batch_points.values())
     with tqdm(total=total, desc=f"{case.name}: images (limit + end-to-end)", unit="img", mininterval=1) as progress:
         progress.set_postfix_str("session options")
         session_check = session_options_check(
@@ -878,21 +966,31 @@ def run_case(case: Case, args: argparse.Namespace, overrides: dict[str, str], sc
             reported = service_settings.model_dump(include=set(SERVICE_SETTINGS_REPORTED))
             with Service(env, scratch / f"service-{case.name}-{batching}.log") as service:
                 meter = CpuMeter(service, use_py_spy=not args.no_profile)
-                for c in concurrency:
-                    point = measure_point(service, meter, limit, photos, case, batching, c, requests[c], progress)
+                runs = [(c, requests[c], 1) for c in concurrency]
+                if batching == "on":
+                    runs += [(c, n, case.batch_endpoint_items) for c, n in batch_points.items()]
+                for c, images, per_request in runs:
+                    point = measure_point(
+                        service, meter, limit, photos, case, batching, c, images, progress, per_request
+                    )
                     point["settings"] = reported
                     points.append(point)
                     progress.write(
-                        f"[{case.name}] batching {batching:3} c={c:2}: {point['images_per_s']:8.1f} img/s, "
-                        f"limit {point['limit_images_per_s']:8.1f} img/s, ratio {point['ratio']:.2f}, "
-                        f"p50 {point['latency_ms']['p50']:.0f} ms, mean batch {point['mean_batch_size']:.1f}"
+                        f"[{case.name}] {point['endpoint']:7} batching {batching:3} c={c:2}: "
+                        f"{point['images_per_s']:8.1f} img/s, limit {point['limit_images_per_s']:8.1f} img/s, "
+                        f"ratio {point['ratio']:.2f}, p50 {point['latency_ms']['p50']:.0f} ms, "
+                        f"mean batch {point['mean_batch_size']:.1f}"
                     )
-                if batching == "on" and case.name in args.profile_cases and not args.no_profile:
-                    progress.set_postfix_str("profiling (not timed)")
-                    profile_path = args.cache / f"profile-{case.name}.txt"
-                    profile = profile_service(
-                        service, photos, case, TARGET_CONCURRENCY, case.profile_requests, profile_path
-                    )
+                if batching == "on":
+                    response = sample_response(service.port, photos[0])
+                    if case.name in args.profile_cases and not args.no_profile:
+                        progress.set_postfix_str("profiling (not timed)")
+                        profile_path = args.cache / f"profile-{case.name}.txt"
+                        profile = profile_service(
+                            service, photos, case, TARGET_CONCURRENCY, case.profile_requests, profile_path
+                        )
+        progress.set_postfix_str("HTTP floor")
+        floor = http_floor(response, photos, case, scratch)
     result = {
         "case": case.name,
         "title": case.title,
@@ -904,6 +1002,8 @@ def run_case(case: Case, args: argparse.Namespace, overrides: dict[str, str], sc
         "session_options": session_check,
         "points": points,
         "profile": profile,
+        "http_floor": floor,
+        "preprocess_cpu_ms_per_image": limit.preprocess_cpu_ms,
     }
     if case.name == "realistic" or args.ranking_all:
         target = next((p for p in points if _is_target(p)), points[0])
@@ -916,11 +1016,17 @@ def run_case(case: Case, args: argparse.Namespace, overrides: dict[str, str], sc
 
 
 def _is_target(point: dict) -> bool:
-    return point["batching"] == "on" and point["concurrency"] == TARGET_CONCURRENCY
+    return point["endpoint"] == "predict" and point["batching"] == "on" and point["concurrency"] == TARGET_CONCURRENCY
 
 
-def _point_label(point: dict) -> str:
-    return f"c={point['concurrency']}\n{point['batching']}"
+def _endpoint(point: dict) -> str:
+    if point["endpoint"] == "batch":
+        return f"batch x{point['images_per_request']}"
+    return "predict"
+
+
+def _point_label(point: dict, separator: str = "\n") -> str:
+    return f"c={point['concurrency']}{separator}{_endpoint(point) if point['endpoint'] == 'batch' else point['batching']}"
 
 
 def plot(results: dict, path: Path) -> None:
@@ -974,6 +1080,19 @@ def plot(results: dict, path: Path) -> None:
     plt.close(figure)
 
 
+def unavoidable_ms(case: dict, point: dict) -> float:
+    """CPU ms per image that any HTTP service spends besides the model: HTTP floor (server + client), decoding."""
+    floor = case["http_floor"]
+    per_request = floor["server_cpu_ms_per_request"] + floor["client_cpu_ms_per_request"]
+    return per_request / point["images_per_request"] + case["preprocess_cpu_ms_per_image"]
+
+
+def ratio_bound(case: dict, point: dict) -> float:
+    """The best ratio a CPU-bound service could reach at ``point``: model CPU over model + unavoidable CPU."""
+    model = point["limit_cpu_ms_per_image"]
+    return model / (model + unavoidable_ms(case, point))
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if i else "---" for i in range(len(header))) + "|"]
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
@@ -1025,10 +1144,10 @@ def markdown(results: dict, plot_path: Path, doc_path: Path) -> str:
         )
         lines.append("")
         lines += _table(
-            ["batching", "concurrency", "images", "end-to-end img/s", "limit img/s", "ratio", "ratio min..max",
-             "p50 ms", "p95 ms", "p99 ms", "mean batch"],
+            ["endpoint", "batching", "concurrency", "images", "end-to-end img/s", "limit img/s", "ratio",
+             "ratio min..max", "p50 ms", "p95 ms", "p99 ms", "mean batch"],
             [
-                [p["batching"], str(p["concurrency"]), str(p["images"]), f"{p['images_per_s']:.1f}",
+                [_endpoint(p), p["batching"], str(p["concurrency"]), str(p["images"]), f"{p['images_per_s']:.1f}",
                  f"{p['limit_images_per_s']:.1f}", f"**{p['ratio']:.2f}**",
                  f"{min(p['round_ratios']):.2f}..{max(p['round_ratios']):.2f}",
                  f"{p['latency_ms']['p50']:.1f}", f"{p['latency_ms']['p95']:.1f}", f"{p['latency_ms']['p99']:.1f}",
@@ -1036,11 +1155,16 @@ def markdown(results: dict, plot_path: Path, doc_path: Path) -> str:
                 for p in points
             ],
         )
-        lines += ["", "Where a request's time goes (mean ms per request, from the timings each response carries):", ""]
+        lines += [
+            "",
+            "Where a request's time goes (mean ms per image, from the timings each response carries; for the "
+            "batch endpoint, the client latency is that of the request carrying the image):",
+            "",
+        ]
         lines += _table(
-            ["batching", "concurrency", *LATENCY_PARTS.values()],
+            ["endpoint", "batching", "concurrency", *LATENCY_PARTS.values()],
             [
-                [p["batching"], str(p["concurrency"])]
+                [_endpoint(p), p["batching"], str(p["concurrency"])]
                 + [f"{p['latency_breakdown_ms'][key]:.2f}" for key in LATENCY_PARTS]
                 for p in points
             ],
@@ -1051,7 +1175,7 @@ def markdown(results: dict, plot_path: Path, doc_path: Path) -> str:
         )
         lines += ["", "Where the CPU goes (CPU ms per image, /proc; the limit's own CPU per image last):", ""]
         lines += _table(
-            ["role"] + [f"{p['batching']} c={p['concurrency']}" for p in points],
+            ["role"] + [_point_label(p, " ") for p in points],
             [[role] + [f"{p['cpu_ms_per_image'].get(role, 0.0):.2f}" for p in points] for role in roles]
             + [["**limit (raw onnxruntime)**"] + [f"{p['limit_cpu_ms_per_image']:.2f}" for p in points]],
         )
@@ -1071,6 +1195,30 @@ def markdown(results: dict, plot_path: Path, doc_path: Path) -> str:
             lines += ["", "Top leaf functions:", ""]
             top = list(profile["top_functions"].items())[:10]
             lines += _table(["function", "share"], [[f"`{name}`", f"{share:.1%}"] for name, share in top])
+        floor = case.get("http_floor")
+        if floor:
+            lines += [
+                "",
+                f"What the service cannot avoid, measured in the same run: the **HTTP floor** (`bench/http_floor.py`, a "
+                f"bare ASGI app that drains the body and sends a canned answer, same uvicorn, same client, "
+                f"concurrency {floor['concurrency']}, {floor['requests']} requests: {floor['requests_per_s']:.0f} "
+                f"requests/s) costs {floor['server_cpu_ms_per_request']:.2f} ms of server and "
+                f"{floor['client_cpu_ms_per_request']:.2f} ms of client CPU per request; **decoding and cropping** one "
+                f"photo (`decode_crops` in-process, no worker, no IPC) costs "
+                f"{case['preprocess_cpu_ms_per_image']:.2f} ms of CPU. The limit excludes both by definition. With the "
+                "cores busy, a service that added nothing else could reach at most limit CPU / (limit CPU + those), "
+                "per image:",
+                "",
+            ]
+            lines += _table(
+                ["point", "limit CPU ms/image", "floor + decode ms/image", "bound on the ratio", "measured ratio"],
+                [
+                    [_point_label(p, " "), f"{p['limit_cpu_ms_per_image']:.2f}", f"{unavoidable_ms(case, p):.2f}",
+                     f"{ratio_bound(case, p):.2f}", f"{p['ratio']:.2f}"]
+                    for p in points
+                    if p["batching"] == "on" and p["concurrency"] == TARGET_CONCURRENCY
+                ],
+            )
         ranking = case.get("ranking")
         if ranking:
             lines += [

@@ -15,17 +15,16 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
 import timm
 from PIL import Image
 
-from app.manifest import LossSpec, ModelManifest
-from app.preprocess import tta_crops
+from app.preprocess import PreprocessConfig
 from training.data import FASHION_MNIST_LABELS, FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
-from training.export import export_to_repository, write_default_ensemble
+from training.export import UNTRAINED_VERSION, export_untrained, write_default_ensemble
 
-INPUT_SIZE = 28
-TTA_SIZES = [28, 32]
+PREPROCESS = PreprocessConfig(
+    input_size=28, in_chans=1, mean=(FASHION_MNIST_MEAN,), std=(FASHION_MNIST_STD,), tta_sizes=(28, 32)
+)
 CHECK_IMAGES = 8
 # One member per family, shrunk so that export and loading take seconds.
 MEMBERS: dict[str, tuple[str, dict]] = {
@@ -33,39 +32,21 @@ MEMBERS: dict[str, tuple[str, dict]] = {
     "seresnet": ("seresnet18", {"layers": (1, 1, 1, 1), "channels": (16, 32, 64, 128), "stem_width": 16}),
     "resnest": ("resnest14d", {"channels": (16, 32, 64, 128), "stem_width": 16}),
 }
-VERSION = "untrained"
 
 
 def write_untrained_repository(out: Path, fmnist_dir: Path) -> None:
     """Export the three untrained members to ``out`` and name them in its ensemble file."""
     _, _, test_images, _ = load_fashion_mnist(fmnist_dir)
-    manifests = {}
-    for name, (architecture, _) in MEMBERS.items():
-        manifests[name] = ModelManifest(
-            name=name,
-            version=VERSION,
-            architecture=architecture,
-            input_size=INPUT_SIZE,
-            in_chans=1,
-            mean=[FASHION_MNIST_MEAN],
-            std=[FASHION_MNIST_STD],
-            interpolation="bilinear",
-            tta_sizes=TTA_SIZES,
-            labels=list(FASHION_MNIST_LABELS),
-            class_counts=[],
-            loss=LossSpec(name="none"),
-            sha256="",
-            opset=0,
-            training_command="untrained (random weights): scripts/untrained_repository.py",
-        )
-    config = next(iter(manifests.values())).preprocess
-    check_batch = np.concatenate(
-        [tta_crops(Image.fromarray(image), config, TTA_SIZES) for image in test_images[:CHECK_IMAGES]]
-    )
+    check_images = [Image.fromarray(image) for image in test_images[:CHECK_IMAGES]]
     for name, (architecture, kwargs) in MEMBERS.items():
-        model = timm.create_model(architecture, pretrained=False, num_classes=len(FASHION_MNIST_LABELS), in_chans=1, **kwargs)
-        export_to_repository(model, manifests[name], out, check_batch)
-    write_default_ensemble(out, [(name, VERSION) for name in MEMBERS], name="untrained-smoke")
+        model = timm.create_model(
+            architecture, pretrained=False, num_classes=len(FASHION_MNIST_LABELS), in_chans=1, **kwargs
+        )
+        export_untrained(
+            model, out, name, architecture, PREPROCESS, FASHION_MNIST_LABELS, check_images,
+            made_by="scripts/untrained_repository.py",
+        )
+    write_default_ensemble(out, [(name, UNTRAINED_VERSION) for name in MEMBERS], name="untrained-smoke")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import socket
@@ -280,3 +281,24 @@ def test_productrec_serve_answers_a_real_http_client(trained_repository, images,
         server.send_signal(signal.SIGINT)
         assert server.wait(timeout=30) == 0
         log.close()
+
+
+def test_every_dependency_runs_on_the_event_loop():
+    """FastAPI runs a plain ``def`` dependency in a thread pool: a thread hand-off per dependency per request
+    (it was most of the HTTP layer's CPU in docs/serving-benchmark.md), so every one must be ``async``."""
+    from app.api.routes import health, metrics, models, predict
+
+    def calls(dependant):
+        for dependency in dependant.dependencies:
+            yield dependency.call
+            yield from calls(dependency)
+
+    checked = 0
+    routes = [route for module in (health, metrics, models, predict) for route in module.router.routes]
+    for route in routes:
+        for call in calls(route.dependant):
+            assert inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(type(call).__call__), (
+                f"{route.path}: dependency {call!r} is not async"
+            )
+            checked += 1
+    assert checked >= 5

@@ -125,3 +125,26 @@ def test_fashion_mnist_repository_is_valid_and_matches_pytorch(
         with torch.no_grad():
             expected = run.model(torch.from_numpy(crops)).numpy()
         assert np.abs(member.logits(crops) - expected).max() <= MAX_LOGIT_DIFF, name
+
+
+def test_an_untrained_model_goes_through_the_real_export(tmp_path: Path, fmnist_test_images):
+    """export_untrained (the smoke test's and the serving benchmark's models): parity-checked, loadable."""
+    import io
+
+    import timm
+    from PIL import Image
+
+    from app.preprocess import PreprocessConfig
+    from training.export import UNTRAINED_VERSION, export_untrained, write_default_ensemble
+
+    preprocess = PreprocessConfig(input_size=28, in_chans=1, mean=(0.3,), std=(0.35,), tta_sizes=(28, 32))
+    photos = [Image.open(io.BytesIO(data)) for data in fmnist_test_images.images[:2]]
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=10, in_chans=1)
+    manifest = export_untrained(model, tmp_path, "tiny", "test_resnet", preprocess, list("abcdefghij"), photos, "a test")
+    write_default_ensemble(tmp_path, [("tiny", UNTRAINED_VERSION)])
+    assert manifest.version == UNTRAINED_VERSION and manifest.training_command == "untrained (random weights): a test"
+    assert manifest.metrics["onnx_max_abs_logit_diff"] <= MAX_LOGIT_DIFF
+    ensemble = Ensemble.load(tmp_path, "cpu")
+    assert ensemble.crop_plan(True) == [(preprocess, (28, 32))]
+    probs, rankings = ensemble.predict(photos, top_k=3)
+    assert probs.shape == (1, 2, 10) and all(len(ranking.indices) == 3 for ranking in rankings)

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 import onnxruntime as ort
 import torch
+from PIL import Image
 
 from app.manifest import (
     ENSEMBLE_FILE,
@@ -35,7 +36,7 @@ from app.manifest import (
     write_ensemble,
     write_json,
 )
-from app.preprocess import tta_crops
+from app.preprocess import PreprocessConfig, tta_crops
 from training.config import ConfigError, user_errors
 from training.data import BadImageError, build_splits
 from training.runs import TrainedRun, load_run
@@ -109,6 +110,46 @@ def export_to_repository(
     write_json(target / MANIFEST_FILE, final.to_dict())
     log.info("wrote %s", target)
     return final, diff
+
+
+UNTRAINED_VERSION = "untrained"
+
+
+def export_untrained(
+    model: torch.nn.Module,
+    repository: Path,
+    name: str,
+    architecture: str,
+    preprocess: PreprocessConfig,
+    labels: Sequence[str],
+    check_images: Sequence[Image.Image],
+    made_by: str,
+) -> ModelManifest:
+    """Export a model with random weights (for smoke tests and speed benchmarks) through the real path.
+
+    Same ONNX export and parity check (on ``check_images``, real photos, with every TTA crop) and
+    the same manifest as a trained member, with version ``untrained`` and no training record.
+    """
+    manifest = ModelManifest(
+        name=name,
+        version=UNTRAINED_VERSION,
+        architecture=architecture,
+        input_size=preprocess.input_size,
+        in_chans=preprocess.in_chans,
+        mean=list(preprocess.mean),
+        std=list(preprocess.std),
+        interpolation=preprocess.interpolation,
+        tta_sizes=list(preprocess.tta_sizes),
+        labels=list(labels),
+        class_counts=[],
+        loss=LossSpec(name="none"),
+        sha256="",
+        opset=0,
+        training_command=f"untrained (random weights): {made_by}",
+    )
+    check = np.concatenate([tta_crops(image, preprocess, preprocess.sizes(tta=True)) for image in check_images])
+    with torch.no_grad():
+        return export_to_repository(model, manifest, repository, check)[0]
 
 
 def write_default_ensemble(repository: Path, members: Sequence[tuple[str, str]], name: str = "default", strategy: str = "vote") -> Path:

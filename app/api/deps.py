@@ -1,4 +1,8 @@
-"""FastAPI dependencies: settings, metrics, the ready service and the API key check."""
+"""FastAPI dependencies: settings, metrics, the ready service and the API key check.
+
+All ``async def``: FastAPI runs a plain ``def`` dependency in a thread pool, a thread
+hand-off per dependency per request for what is an attribute lookup.
+"""
 
 from __future__ import annotations
 
@@ -14,16 +18,16 @@ from app.serving.metrics import ServingMetrics
 from app.serving.service import PredictionService
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     """The settings the app was created with."""
     return request.app.state.settings
 
 
-def get_metrics(request: Request) -> ServingMetrics:
+async def get_metrics(request: Request) -> ServingMetrics:
     return request.app.state.metrics
 
 
-def get_service(request: Request) -> PredictionService:
+async def get_service(request: Request) -> PredictionService:
     """The loaded service, or 503 with the reason it is not ready."""
     service = request.app.state.service
     if service is None:
@@ -41,7 +45,7 @@ api_key_header = APIKeyHeader(
 )
 
 
-def verify_api_key(settings: SettingsDep, api_key: Annotated[str | None, Security(api_key_header)]) -> None:
+async def verify_api_key(settings: SettingsDep, api_key: Annotated[str | None, Security(api_key_header)]) -> None:
     """401 unless the X-API-Key header matches the configured key (when one is configured)."""
     if settings.api_key is None:
         return
