@@ -1,15 +1,25 @@
-"""The HTTP floor: a bare ASGI app that reads the request body and answers a fixed prediction.
+"""Floors for the serving benchmark: what HTTP alone costs, and what the service's app adds to it.
 
-``bench/serving.py`` serves it with the same uvicorn (``--http auto``) and loads it with the same
-client as the real service, so its CPU per request is what HTTP alone costs on this machine:
-no framework, no decoding, no model. The answer is a real response of the service, read from
-the file named by ``PRODUCTREC_BENCH_FLOOR_RESPONSE``.
+``bench/serving.py`` serves these with the same uvicorn (``--http auto``) and loads them with the same
+client as the real service:
+
+- ``app``: a bare ASGI app that drains the request body and sends a canned answer. No framework,
+  no decoding, no model: the CPU per request that any Python HTTP service pays here.
+- ``app_without_pipeline`` (a factory): the service's own application (``create_app``: middleware,
+  routers, dependencies, body limits, response model) with the prediction pipeline replaced by the
+  canned answer: the HTTP layer's cost without decoding, batching or inference.
+
+The canned answer is a real response of the service, read from the file named by
+``PRODUCTREC_BENCH_FLOOR_RESPONSE``.
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
+from typing import AsyncIterator, Sequence
 
 _BODY = Path(os.environ["PRODUCTREC_BENCH_FLOOR_RESPONSE"]).read_bytes()
 _HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(_BODY)).encode())]
@@ -25,3 +35,31 @@ async def app(scope, receive, send) -> None:
         more = message.get("more_body", False)
     await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
     await send({"type": "http.response.body", "body": _BODY})
+
+
+def app_without_pipeline():
+    """``create_app()`` whose lifespan installs a service that answers every image with the canned prediction."""
+    from app.main import create_app
+    from app.schemas import Prediction
+
+    canned = Prediction.model_validate_json(_BODY)
+
+    class CannedService:
+        """The part of ``PredictionService`` the routes use."""
+
+        ensemble = SimpleNamespace(num_classes=max(label.index for label in canned.labels) + 1, members=canned.members)
+        queue_depth = 0
+
+        async def predict(self, images: Sequence[bytes], top_k: int, tta: bool) -> list[Prediction]:
+            return [canned for _ in images]
+
+    application = create_app()
+
+    @asynccontextmanager
+    async def lifespan(_) -> AsyncIterator[None]:
+        application.state.service = CannedService()
+        application.state.load_error = None
+        yield
+
+    application.router.lifespan_context = lifespan
+    return application

@@ -922,27 +922,41 @@ def sample_response(port: int, photo: bytes) -> bytes:
         connection.close()
 
 
-def http_floor(
+FLOORS = {  # name: (uvicorn target, is a factory, what it is)
+    "http": ("http_floor:app", False, "bare ASGI app, canned answer (HTTP alone)"),
+    "app": ("http_floor:app_without_pipeline", True, "the service's app, pipeline replaced by the canned answer"),
+}
+
+
+def http_floors(
     response: bytes, photos: Sequence[bytes], case: Case, scratch: Path, requests: int = FLOOR_REQUESTS
-) -> dict:
-    """What HTTP alone costs: ``bench/http_floor.py`` (no framework, no work) on the same uvicorn and client."""
+) -> dict[str, dict]:
+    """What HTTP alone costs, and the service's app without its pipeline (``bench/http_floor.py``):
+    same uvicorn, same client, the target concurrency."""
     answer = scratch / f"floor-response-{case.name}.json"
     answer.write_bytes(response)
-    command = [sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "bench"), "http_floor:app"]
     env = {"PRODUCTREC_BENCH_FLOOR_RESPONSE": str(answer)}
-    with Service(env, scratch / f"floor-{case.name}.log", command=command) as floor:
-        post_images(floor.port, photos, TARGET_CONCURRENCY, 200, case.round_timeout_s, case.request_timeout_s)
-        before = process_cpu(floor.pid)
-        load = post_images(floor.port, photos, TARGET_CONCURRENCY, requests, case.round_timeout_s, case.request_timeout_s)
-        server_s = process_cpu(floor.pid) - before
-    count = len(load.replies)
-    return {
-        "concurrency": TARGET_CONCURRENCY,
-        "requests": count,
-        "requests_per_s": count / load.wall_s,
-        "server_cpu_ms_per_request": server_s / count * 1000,
-        "client_cpu_ms_per_request": load.client_cpu_s / count * 1000,
-    }
+    results = {}
+    for name, (target, factory, title) in FLOORS.items():
+        command = [sys.executable, "-m", "uvicorn", *(["--factory"] if factory else []),
+                   "--app-dir", str(ROOT / "bench"), target]
+        with Service(env, scratch / f"floor-{name}-{case.name}.log", command=command) as floor:
+            post_images(floor.port, photos, TARGET_CONCURRENCY, 200, case.round_timeout_s, case.request_timeout_s)
+            before = process_cpu(floor.pid)
+            load = post_images(
+                floor.port, photos, TARGET_CONCURRENCY, requests, case.round_timeout_s, case.request_timeout_s
+            )
+            server_s = process_cpu(floor.pid) - before
+        count = len(load.replies)
+        results[name] = {
+            "title": title,
+            "concurrency": TARGET_CONCURRENCY,
+            "requests": count,
+            "requests_per_s": count / load.wall_s,
+            "server_cpu_ms_per_request": server_s / count * 1000,
+            "client_cpu_ms_per_request": load.client_cpu_s / count * 1000,
+        }
+    return results
 
 
 def run_case(case: Case, args: argparse.Namespace, overrides: dict[str, str], scratch: Path) -> dict:
@@ -993,8 +1007,8 @@ def run_case(case: Case, args: argparse.Namespace, overrides: dict[str, str], sc
                         profile = profile_service(
                             service, photos, case, TARGET_CONCURRENCY, case.profile_requests, profile_path
                         )
-        progress.set_postfix_str("HTTP floor")
-        floor = http_floor(response, photos, case, scratch)
+        progress.set_postfix_str("HTTP floors")
+        floors = http_floors(response, photos, case, scratch)
     result = {
         "case": case.name,
         "title": case.title,
@@ -1006,7 +1020,7 @@ def run_case(case: Case, args: argparse.Namespace, overrides: dict[str, str], sc
         "session_options": session_check,
         "points": points,
         "profile": profile,
-        "http_floor": floor,
+        "http_floors": floors,
         "preprocess_cpu_ms_per_image": limit.preprocess_cpu_ms,
     }
     if case.name == "realistic" or args.ranking_all:
@@ -1086,7 +1100,7 @@ def plot(results: dict, path: Path) -> None:
 
 def unavoidable_ms(case: dict, point: dict) -> float:
     """CPU ms per image that any HTTP service spends besides the model: HTTP floor (server + client), decoding."""
-    floor = case["http_floor"]
+    floor = case["http_floors"]["http"]
     per_request = floor["server_cpu_ms_per_request"] + floor["client_cpu_ms_per_request"]
     return per_request / point["images_per_request"] + case["preprocess_cpu_ms_per_image"]
 
@@ -1199,23 +1213,36 @@ def markdown(results: dict, plot_path: Path, doc_path: Path) -> str:
             lines += ["", "Top leaf functions:", ""]
             top = list(profile["top_functions"].items())[:10]
             lines += _table(["function", "share"], [[f"`{name}`", f"{share:.1%}"] for name, share in top])
-        floor = case.get("http_floor")
-        if floor:
+        floors = case.get("http_floors")
+        if floors:
+            target = next((p for p in points if _is_target(p)), None)
             lines += [
                 "",
-                f"What the service cannot avoid, measured in the same run: the **HTTP floor** (`bench/http_floor.py`, a "
-                f"bare ASGI app that drains the body and sends a canned answer, same uvicorn, same client, "
-                f"concurrency {floor['concurrency']}, {floor['requests']} requests: {floor['requests_per_s']:.0f} "
-                f"requests/s) costs {floor['server_cpu_ms_per_request']:.2f} ms of server and "
-                f"{floor['client_cpu_ms_per_request']:.2f} ms of client CPU per request; **decoding and cropping** one "
-                f"photo (`decode_crops` in-process, no worker, no IPC) costs "
-                f"{case['preprocess_cpu_ms_per_image']:.2f} ms of CPU. The limit excludes both by definition. With the "
-                "cores busy, a service that added nothing else could reach at most limit CPU / (limit CPU + those), "
-                "per image:",
+                "What HTTP costs without the rest (`bench/http_floor.py`, same uvicorn, same client, concurrency "
+                f"{TARGET_CONCURRENCY}, measured in the same run), against the service itself:",
+                "",
+            ]
+            rows = [
+                [floor["title"], f"{floor['requests_per_s']:.0f}", f"{floor['server_cpu_ms_per_request']:.2f}",
+                 f"{floor['client_cpu_ms_per_request']:.2f}"]
+                for floor in floors.values()
+            ]
+            if target:
+                server = sum(ms for role, ms in target["cpu_ms_per_image"].items() if role not in (CLIENT, OTHERS))
+                rows.append(["the service (decode, batching, inference included)", f"{target['images_per_s']:.0f}",
+                             f"{server:.2f}", f"{target['cpu_ms_per_image'].get(CLIENT, 0.0):.2f}"])
+            lines += _table(["server", "requests/s", "server CPU ms/request", "client CPU ms/request"], rows)
+            lines += [
+                "",
+                "Decoding and cropping one photo (`decode_crops` in-process, no worker, no IPC) costs "
+                f"{case['preprocess_cpu_ms_per_image']:.2f} ms of CPU. The limit excludes it and HTTP by definition; "
+                "with the cores busy, a service that added nothing else could reach at most limit CPU / (limit CPU + "
+                "HTTP floor + decoding), per image:",
                 "",
             ]
             lines += _table(
-                ["point", "limit CPU ms/image", "floor + decode ms/image", "bound on the ratio", "measured ratio"],
+                ["point", "limit CPU ms/image", "HTTP floor + decoding ms/image", "bound on the ratio",
+                 "measured ratio"],
                 [
                     [_point_label(p, " "), f"{p['limit_cpu_ms_per_image']:.2f}", f"{unavoidable_ms(case, p):.2f}",
                      f"{ratio_bound(case, p):.2f}", f"{p['ratio']:.2f}"]

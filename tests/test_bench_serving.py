@@ -47,16 +47,18 @@ def test_single_and_batch_requests_reach_the_service(bench, photos, trained_repo
     assert b'"labels"' in response
 
 
-def test_http_floor_answers_like_the_service(bench, photos, tmp_path):
-    response = b'{"batch_size": 1, "timings": {"decode_ms": 0, "queue_ms": 0, "inference_ms": 0, "total_ms": 0}}'
-    case = bench.CASES["small"]
-    floor = bench.http_floor(response, photos, case, tmp_path, requests=50)
-    assert floor["requests"] == 50
-    assert floor["requests_per_s"] > 0 and floor["server_cpu_ms_per_request"] >= 0
+def test_the_floors_answer_like_the_service(bench, photos, trained_repository, tmp_path):
+    _, env = bench.settings_for(trained_repository, {})
+    with bench.Service(env, tmp_path / "service.log") as service:
+        response = bench.sample_response(service.port, photos[0])
+    floors = bench.http_floors(response, photos, bench.CASES["small"], tmp_path, requests=50)
+    assert set(floors) == {"http", "app"}
+    for floor in floors.values():
+        assert floor["requests"] == 50 and floor["requests_per_s"] > 0 and floor["server_cpu_ms_per_request"] > 0
 
 
 def test_the_bound_charges_http_per_request_and_decoding_per_image(bench):
-    case = {"http_floor": {"server_cpu_ms_per_request": 0.2, "client_cpu_ms_per_request": 0.2},
+    case = {"http_floors": {"http": {"server_cpu_ms_per_request": 0.2, "client_cpu_ms_per_request": 0.2}},
             "preprocess_cpu_ms_per_image": 0.3}
     single = {"limit_cpu_ms_per_image": 1.0, "images_per_request": 1}
     batch = {"limit_cpu_ms_per_image": 1.0, "images_per_request": 4}
