@@ -1,7 +1,12 @@
-"""The decode worker pool: same crops as in-process, errors carried over, slow or crashed workers replaced."""
+"""The decode worker pool: same crops as in-process, errors carried over, slow or crashed workers replaced.
+
+Each behaviour is checked through both entry points: ``decode`` from a thread (``productrec score``) and
+``decode_async`` on an event loop (the service).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -21,6 +26,14 @@ PLAN = [
 MAX_PIXELS = 60_000_000
 
 
+@pytest.fixture(params=["thread", "loop"])
+def via(request):
+    """``decode`` called the way a thread calls it, or awaited on an event loop."""
+    if request.param == "thread":
+        return lambda pool, *args: pool.decode(*args)
+    return lambda pool, *args: asyncio.run(pool.decode_async(*args))
+
+
 @pytest.fixture(scope="module")
 def restarts() -> list[int]:
     return []
@@ -32,9 +45,9 @@ def pool(restarts):
         yield pool
 
 
-def test_crops_equal_in_process_preprocessing(pool) -> None:
+def test_crops_equal_in_process_preprocessing(pool, via) -> None:
     data = encode(noise_image(1, (30, 22), "RGB"), "JPEG")
-    decoded = pool.decode(data, PLAN, MAX_PIXELS)
+    decoded = via(pool, data, PLAN, MAX_PIXELS)
     expected = decode_crops(data, PLAN, MAX_PIXELS)
     assert [crops.shape for crops in decoded.crops] == [(2, 1, 16, 16), (1, 3, 12, 12)]
     for got, want in zip(decoded.crops, expected):
@@ -42,30 +55,30 @@ def test_crops_equal_in_process_preprocessing(pool) -> None:
     assert decoded.seconds > 0
 
 
-def test_bad_images_raise_the_preprocessing_errors(pool) -> None:
+def test_bad_images_raise_the_preprocessing_errors(pool, via) -> None:
     with pytest.raises(ImageDecodeError):
-        pool.decode(b"not an image", PLAN, MAX_PIXELS)
+        via(pool, b"not an image", PLAN, MAX_PIXELS)
     with pytest.raises(ImageTooLargeError):
-        pool.decode(png_claiming_size(100_000, 100_000), PLAN, MAX_PIXELS)
+        via(pool, png_claiming_size(100_000, 100_000), PLAN, MAX_PIXELS)
 
 
-def test_slow_image_times_out_and_its_worker_is_replaced(pool, restarts) -> None:
-    pids = set(pool.pids)
+def test_slow_image_times_out_and_its_worker_is_replaced(pool, restarts, via) -> None:
+    pids, restarted = set(pool.pids), len(restarts)
     started = time.perf_counter()
     with pytest.raises(DecodeTimeoutError):
-        pool.decode(slow_png(), PLAN, MAX_PIXELS)
+        via(pool, slow_png(), PLAN, MAX_PIXELS)
     assert time.perf_counter() - started < 0.4 + 2.0
-    assert len(restarts) == 1
+    assert len(restarts) == restarted + 1
     assert len(set(pool.pids) - pids) == 1 and pool.size == 2
     for seed in range(4):  # both workers, the new one included, still decode
-        assert pool.decode(encode(noise_image(seed)), PLAN, MAX_PIXELS).crops[0].shape == (2, 1, 16, 16)
+        assert via(pool, encode(noise_image(seed)), PLAN, MAX_PIXELS).crops[0].shape == (2, 1, 16, 16)
 
 
-def test_worker_dying_mid_decode_fails_that_image_only() -> None:
+def test_worker_dying_mid_decode_fails_that_image_only(via) -> None:
     restarts: list[int] = []
     with DecodePool(workers=2, timeout_s=10, on_restart=lambda: restarts.append(1)) as pool:
         with ThreadPoolExecutor(1) as thread:
-            pending = thread.submit(pool.decode, slow_png(), PLAN, MAX_PIXELS)
+            pending = thread.submit(via, pool, slow_png(), PLAN, MAX_PIXELS)
             time.sleep(0.3)
             for pid in pool.pids:  # the busy worker and the idle one
                 os.kill(pid, signal.SIGKILL)
@@ -73,16 +86,58 @@ def test_worker_dying_mid_decode_fails_that_image_only() -> None:
                 pending.result(timeout=10)
         data = encode(noise_image(5))
         # the idle worker that died is replaced before it is given a job: no error for that image
-        assert [pool.decode(data, PLAN, MAX_PIXELS).crops[0].shape for _ in range(3)] == [(2, 1, 16, 16)] * 3
+        assert [via(pool, data, PLAN, MAX_PIXELS).crops[0].shape for _ in range(3)] == [(2, 1, 16, 16)] * 3
     assert len(restarts) == 2
 
 
-def test_closed_pool_refuses_work_and_stops_its_workers() -> None:
+def test_closed_pool_refuses_work_and_stops_its_workers(via) -> None:
     pool = DecodePool(workers=1, timeout_s=5)
     (pid,) = pool.pids
     pool.close()
     pool.close()
     with pytest.raises(DecodePoolClosedError):
-        pool.decode(b"", PLAN, MAX_PIXELS)
+        via(pool, b"", PLAN, MAX_PIXELS)
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_more_coroutines_than_workers_all_get_their_own_crops() -> None:
+    images = [encode(noise_image(seed, (20 + seed, 24))) for seed in range(7)]
+
+    async def decode_all(pool: DecodePool):
+        return await asyncio.gather(*(pool.decode_async(data, PLAN, MAX_PIXELS) for data in images))
+
+    with DecodePool(workers=2, timeout_s=10) as pool:
+        decoded = asyncio.run(decode_all(pool))
+    for data, got in zip(images, decoded):
+        np.testing.assert_array_equal(got.crops[0], decode_crops(data, PLAN, MAX_PIXELS)[0])
+
+
+def test_a_cancelled_caller_leaves_no_answer_behind_for_the_next_job() -> None:
+    """The client of a slow image goes away: the job still ends, so the worker's next answer is the next image's."""
+    slow, good = slow_png(3000, 2000), encode(noise_image(9))
+
+    async def scenario(pool: DecodePool):
+        abandoned = asyncio.ensure_future(pool.decode_async(slow, PLAN, MAX_PIXELS))
+        await asyncio.sleep(0.05)
+        abandoned.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await abandoned
+        return await pool.decode_async(good, PLAN, MAX_PIXELS)  # the only worker, once the slow job is done
+
+    with DecodePool(workers=1, timeout_s=30) as pool:
+        decoded = asyncio.run(scenario(pool))
+    np.testing.assert_array_equal(decoded.crops[0], decode_crops(good, PLAN, MAX_PIXELS)[0])
+
+
+def test_coroutines_waiting_for_a_worker_fail_cleanly_when_the_pool_closes() -> None:
+    async def scenario(pool: DecodePool):
+        waiting = [asyncio.ensure_future(pool.decode_async(slow_png(), PLAN, MAX_PIXELS)) for _ in range(3)]
+        await asyncio.sleep(0.2)
+        await asyncio.to_thread(pool.close)
+        return await asyncio.gather(*waiting, return_exceptions=True)
+
+    pool = DecodePool(workers=1, timeout_s=30)
+    in_flight, *waiting = asyncio.run(asyncio.wait_for(scenario(pool), 60))
+    assert not isinstance(in_flight, BaseException) or isinstance(in_flight, DecodePoolClosedError)
+    assert [type(outcome) for outcome in waiting] == [DecodePoolClosedError] * 2

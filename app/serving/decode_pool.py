@@ -10,8 +10,11 @@ Workers are plain subprocesses talking over a socket pair, not
 ``multiprocessing`` children: no fork of the threaded service process, and no
 re-import of the caller's ``__main__``.
 
-``decode`` blocks and is thread-safe; the service awaits ``decode_async``,
-which runs it on the pool's own threads (one per worker).
+``decode`` blocks and is thread-safe (``productrec score`` calls it from threads);
+``decode_async`` does the same job on the event loop without a thread hop: it
+writes the job to the worker's socket and lets the loop watch that socket for
+the answer (the service's path). A thread is used only to wait for a worker
+when all are busy, and to send uploads too large to write at once.
 """
 
 from __future__ import annotations
@@ -22,11 +25,11 @@ import os
 import socket
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from queue import Queue
+from queue import Empty, Queue
 from typing import Callable
 
 import numpy as np
@@ -37,6 +40,9 @@ from app.serving.decode_worker import READY, CropBuffer
 log = logging.getLogger("productrec.decode")
 
 WORKER_START_TIMEOUT_S = 60.0
+# Jobs up to this size are written to the worker's socket from the event loop (they fit in its
+# buffer, so the write does not wait for the worker); larger ones are written from a thread.
+INLINE_SEND_BYTES = 128 * 1024
 # Crops of one image up to this size come back through shared memory, larger ones pickled
 # (virtual size: only the pages written are allocated; 5 RGB 224x224 crops are 3 MiB).
 SHARED_BUFFER_BYTES = 64 * 1024 * 1024
@@ -53,6 +59,13 @@ class DecodeCrashedError(Exception):
 
 class DecodePoolClosedError(RuntimeError):
     """The pool is shut down."""
+
+
+@dataclass
+class _Checkout:
+    """The worker a job holds; replaced in place when the worker is killed, so the job returns the new one."""
+
+    worker: "_Worker"
 
 
 @dataclass(frozen=True)
@@ -118,12 +131,13 @@ class DecodePool:
     def __init__(self, workers: int, timeout_s: float, on_restart: Callable[[], None] | None = None) -> None:
         self.timeout_s = timeout_s
         self._on_restart = on_restart
-        self._idle: Queue[_Worker] = Queue()
+        self._idle: Queue[_Worker | None] = Queue()  # None: the pool is closed
         self._workers = [_Worker() for _ in range(workers)]
         for worker in self._workers:
             worker.wait_ready()
             self._idle.put(worker)
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="productrec-decode")
+        # Coroutines wait for a busy pool's next free worker here (a blocking Queue.get per waiter).
+        self._waiters = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="productrec-decode")
         self._closed = False
 
     @property
@@ -140,33 +154,105 @@ class DecodePool:
         Raises ``ImageDecodeError``/``ImageTooLargeError`` for bad images, ``DecodeTimeoutError``
         when the worker took longer than the timeout (it is then replaced).
         """
-        if self._closed:
-            raise DecodePoolClosedError("the decode pool is shut down")
-        worker = self._idle.get()
-        if worker.process.poll() is not None:  # died while idle (e.g. the OOM killer): not this image's fault
-            worker = self._replace(worker, f"exited with status {worker.process.returncode}")
+        self._check_open()
+        checkout = _Checkout(self._checked_out(self._wait_for_worker()))
         try:
-            worker.wait_ready()
-            worker.connection.send((data, list(plan), max_pixels))
-            if not worker.connection.poll(self.timeout_s):
-                worker = self._replace(worker, "timed out")
-                raise DecodeTimeoutError(
-                    f"decoding took longer than {self.timeout_s:g} s; the image is too expensive to decode"
-                )
-            answer = worker.connection.recv()
-            if answer[0] == "error":
-                raise answer[1]
-            return DecodedCrops(worker.crops(answer), answer[2])
+            self._revive(checkout)
+            checkout.worker.wait_ready()
+            checkout.worker.connection.send(_job(data, plan, max_pixels))
+            return self._result(checkout, checkout.worker.connection.poll(self.timeout_s))
         except (EOFError, OSError) as exc:
-            worker = self._replace(worker, "crashed")
-            raise DecodeCrashedError(f"the decoder crashed on this image ({type(exc).__name__})") from exc
+            raise self._crashed(checkout, exc) from exc
         finally:
-            self._idle.put(worker)
+            self._idle.put(checkout.worker)
 
     async def decode_async(self, data: bytes, plan: CropPlan, max_pixels: int) -> DecodedCrops:
-        """``decode`` on the pool's own threads, awaited from the event loop."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.decode, data, plan, max_pixels)
+        """``decode`` for the event loop, which watches the worker's socket instead of a thread blocking on it.
+
+        If the caller is cancelled (the client went away), the job still runs to its end, so the
+        worker's answer is never left for the next job to read.
+        """
+        self._check_open()
+        job = asyncio.ensure_future(self._decode_on_loop(data, plan, max_pixels))
+        job.add_done_callback(_retrieve)
+        return await asyncio.shield(job)
+
+    async def _decode_on_loop(self, data: bytes, plan: CropPlan, max_pixels: int) -> DecodedCrops:
+        checkout = _Checkout(await self._take_async())
+        try:
+            self._revive(checkout)
+            worker = checkout.worker
+            if not worker.ready:
+                await asyncio.to_thread(worker.wait_ready)
+            job = _job(data, plan, max_pixels)
+            if len(data) > INLINE_SEND_BYTES:
+                await asyncio.to_thread(worker.connection.send, job)
+            else:
+                worker.connection.send(job)
+            return self._result(checkout, await _readable(worker.connection, self.timeout_s))
+        except (EOFError, OSError) as exc:
+            raise self._crashed(checkout, exc) from exc
+        finally:
+            self._idle.put(checkout.worker)
+
+    async def _take_async(self) -> _Worker:
+        """An idle worker: at once when there is one, else from a thread blocked on the queue."""
+        try:
+            return self._checked_out(self._idle.get_nowait())
+        except Empty:
+            pass
+        waiting = self._waiters.submit(self._wait_for_worker)
+        try:
+            return self._checked_out(await asyncio.wrap_future(waiting))
+        except asyncio.CancelledError:
+            # a worker the thread takes after all goes back; a wait that close() cancelled is a closed pool
+            waiting.add_done_callback(self._put_back)
+            self._check_open()
+            raise
+
+    def _wait_for_worker(self) -> _Worker | None:
+        worker = self._idle.get()
+        if worker is None:
+            self._idle.put(None)  # for the next waiter
+        return worker
+
+    def _put_back(self, waiting: Future) -> None:
+        if not waiting.cancelled() and waiting.exception() is None and waiting.result() is not None:
+            self._idle.put(waiting.result())
+
+    def _checked_out(self, worker: _Worker | None) -> _Worker:
+        if worker is None:  # the marker close() leaves in the queue (each waiter passes it on)
+            if self._idle.empty():
+                self._idle.put(None)
+            raise DecodePoolClosedError("the decode pool is shut down")
+        return worker
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DecodePoolClosedError("the decode pool is shut down")
+
+    def _revive(self, checkout: _Checkout) -> None:
+        """Replace a worker that died while idle (e.g. the OOM killer): not this image's fault."""
+        if checkout.worker.process.poll() is not None:
+            checkout.worker = self._replace(checkout.worker, f"exited with status {checkout.worker.process.returncode}")
+
+    def _result(self, checkout: _Checkout, answered: bool) -> DecodedCrops:
+        """The crops of the worker's answer; a worker that did not answer in time is replaced."""
+        if not answered:
+            checkout.worker = self._replace(checkout.worker, "timed out")
+            raise DecodeTimeoutError(
+                f"decoding took longer than {self.timeout_s:g} s; the image is too expensive to decode"
+            )
+        answer = checkout.worker.connection.recv()
+        if answer[0] == "error":
+            raise answer[1]
+        return DecodedCrops(checkout.worker.crops(answer), answer[2])
+
+    def _crashed(self, checkout: _Checkout, exc: BaseException) -> Exception:
+        if self._closed:
+            return DecodePoolClosedError("the decode pool is shut down")
+        checkout.worker = self._replace(checkout.worker, "crashed")
+        return DecodeCrashedError(f"the decoder crashed on this image ({type(exc).__name__})")
 
     def _replace(self, worker: _Worker, reason: str) -> _Worker:
         log.warning("decode worker pid %s %s; replacing it", worker.process.pid, reason)
@@ -178,11 +264,12 @@ class DecodePool:
         return replacement
 
     def close(self) -> None:
-        """Stop every worker (idempotent)."""
+        """Stop every worker (idempotent); callers still waiting for a worker get ``DecodePoolClosedError``."""
         if self._closed:
             return
         self._closed = True
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._idle.put(None)  # wakes the waiters, one after another
+        self._waiters.shutdown(wait=True, cancel_futures=True)
         for worker in self._workers:
             worker.stop()
 
@@ -191,3 +278,28 @@ class DecodePool:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _job(data: bytes, plan: CropPlan, max_pixels: int) -> tuple:
+    return (data, list(plan), max_pixels)
+
+
+async def _readable(connection: Connection, timeout_s: float) -> bool:
+    """Whether ``connection`` has something to read within ``timeout_s``, awaited on the running loop."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    fd = connection.fileno()
+    loop.add_reader(fd, lambda: ready.done() or ready.set_result(True))
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await ready
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(fd)
+
+
+def _retrieve(job: asyncio.Future) -> None:
+    """Mark an abandoned job's exception as seen (its caller was cancelled; the error was for it alone)."""
+    if not job.cancelled():
+        job.exception()
