@@ -567,9 +567,9 @@ def machine_busy_s() -> float:
 
 
 THREAD_ROLES = {
-    "MainThread": "event loop: HTTP, FastAPI, JSON",
+    "MainThread": "event loop: HTTP, FastAPI, JSON, decode hand-off",
     "productrec-infer": "inference thread: onnxruntime calls, ranking",
-    "productrec-decode": "decode hand-off threads",
+    "productrec-decode": "threads waiting for a free decode worker",
     "asyncio": "asyncio default executor",
 }
 ORT_POOL = "onnxruntime pool threads"

@@ -13,8 +13,9 @@ re-import of the caller's ``__main__``.
 ``decode`` blocks and is thread-safe (``productrec score`` calls it from threads);
 ``decode_async`` does the same job on the event loop without a thread hop: it
 writes the job to the worker's socket and lets the loop watch that socket for
-the answer (the service's path). A thread is used only to wait for a worker
-when all are busy, and to send uploads too large to write at once.
+the answer (the service's path); a worker a job gives back goes straight to the
+coroutine waiting longest. A thread is used only to send uploads too large to
+write at once.
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ import os
 import socket
 import subprocess
 import sys
-from concurrent.futures import Future, ThreadPoolExecutor
+import threading
+from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from queue import Empty, Queue
 from typing import Callable
 
 import numpy as np
@@ -125,19 +126,81 @@ class _Worker:
             self.buffer.close()
 
 
+class _IdleWorkers:
+    """The idle workers, for threads (``take``) and coroutines (``take_async``) alike.
+
+    A worker put back goes to the coroutine that has waited longest (on the caller's event loop,
+    directly when that is the loop putting it back), else to a waiting thread, else to the list.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._idle: deque[_Worker] = deque()
+        self._coroutines: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = deque()
+        self._closed = False
+
+    def put(self, worker: _Worker) -> None:
+        with self._condition:
+            while self._coroutines:
+                loop, waiter = self._coroutines.popleft()
+                if waiter.done():  # its coroutine was cancelled
+                    continue
+                if _running_loop() is loop:
+                    waiter.set_result(worker)
+                else:
+                    loop.call_soon_threadsafe(self._hand_over, waiter, worker)
+                return
+            self._idle.append(worker)
+            self._condition.notify()
+
+    def _hand_over(self, waiter: asyncio.Future, worker: _Worker) -> None:
+        if waiter.done():  # cancelled on its way
+            self.put(worker)
+        else:
+            waiter.set_result(worker)
+
+    def take(self) -> _Worker:
+        """An idle worker, waiting for one as long as it takes."""
+        with self._condition:
+            while not self._idle and not self._closed:
+                self._condition.wait()
+            if self._closed:
+                raise DecodePoolClosedError("the decode pool is shut down")
+            return self._idle.popleft()
+
+    async def take_async(self) -> _Worker:
+        """``take`` for a coroutine: the event loop stays free while it waits."""
+        with self._condition:
+            if self._closed:
+                raise DecodePoolClosedError("the decode pool is shut down")
+            if self._idle:
+                return self._idle.popleft()
+            loop = asyncio.get_running_loop()
+            waiter = loop.create_future()
+            self._coroutines.append((loop, waiter))
+        return await waiter
+
+    def close(self) -> None:
+        """Every waiter, now and later, gets ``DecodePoolClosedError``."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+            waiting, self._coroutines = self._coroutines, deque()
+        for loop, waiter in waiting:
+            loop.call_soon_threadsafe(_fail_closed, waiter)
+
+
 class DecodePool:
     """``workers`` decode processes with a per-image time limit."""
 
     def __init__(self, workers: int, timeout_s: float, on_restart: Callable[[], None] | None = None) -> None:
         self.timeout_s = timeout_s
         self._on_restart = on_restart
-        self._idle: Queue[_Worker | None] = Queue()  # None: the pool is closed
+        self._idle = _IdleWorkers()
         self._workers = [_Worker() for _ in range(workers)]
         for worker in self._workers:
             worker.wait_ready()
             self._idle.put(worker)
-        # Coroutines wait for a busy pool's next free worker here (a blocking Queue.get per waiter).
-        self._waiters = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="productrec-decode")
         self._closed = False
 
     @property
@@ -155,7 +218,7 @@ class DecodePool:
         when the worker took longer than the timeout (it is then replaced).
         """
         self._check_open()
-        checkout = _Checkout(self._checked_out(self._wait_for_worker()))
+        checkout = _Checkout(self._idle.take())
         try:
             self._revive(checkout)
             checkout.worker.wait_ready()
@@ -178,7 +241,7 @@ class DecodePool:
         return await asyncio.shield(job)
 
     async def _decode_on_loop(self, data: bytes, plan: CropPlan, max_pixels: int) -> DecodedCrops:
-        checkout = _Checkout(await self._take_async())
+        checkout = _Checkout(await self._idle.take_async())
         try:
             self._revive(checkout)
             worker = checkout.worker
@@ -194,38 +257,6 @@ class DecodePool:
             raise self._crashed(checkout, exc) from exc
         finally:
             self._idle.put(checkout.worker)
-
-    async def _take_async(self) -> _Worker:
-        """An idle worker: at once when there is one, else from a thread blocked on the queue."""
-        try:
-            return self._checked_out(self._idle.get_nowait())
-        except Empty:
-            pass
-        waiting = self._waiters.submit(self._wait_for_worker)
-        try:
-            return self._checked_out(await asyncio.wrap_future(waiting))
-        except asyncio.CancelledError:
-            # a worker the thread takes after all goes back; a wait that close() cancelled is a closed pool
-            waiting.add_done_callback(self._put_back)
-            self._check_open()
-            raise
-
-    def _wait_for_worker(self) -> _Worker | None:
-        worker = self._idle.get()
-        if worker is None:
-            self._idle.put(None)  # for the next waiter
-        return worker
-
-    def _put_back(self, waiting: Future) -> None:
-        if not waiting.cancelled() and waiting.exception() is None and waiting.result() is not None:
-            self._idle.put(waiting.result())
-
-    def _checked_out(self, worker: _Worker | None) -> _Worker:
-        if worker is None:  # the marker close() leaves in the queue (each waiter passes it on)
-            if self._idle.empty():
-                self._idle.put(None)
-            raise DecodePoolClosedError("the decode pool is shut down")
-        return worker
 
     def _check_open(self) -> None:
         if self._closed:
@@ -268,8 +299,7 @@ class DecodePool:
         if self._closed:
             return
         self._closed = True
-        self._idle.put(None)  # wakes the waiters, one after another
-        self._waiters.shutdown(wait=True, cancel_futures=True)
+        self._idle.close()
         for worker in self._workers:
             worker.stop()
 
@@ -297,6 +327,18 @@ async def _readable(connection: Connection, timeout_s: float) -> bool:
         return False
     finally:
         loop.remove_reader(fd)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _fail_closed(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_exception(DecodePoolClosedError("the decode pool is shut down"))
 
 
 def _retrieve(job: asyncio.Future) -> None:
