@@ -1,7 +1,7 @@
 """Serving throughput against its limit: the real service over HTTP vs raw onnxruntime on the same ensemble.
 
-    .venv/bin/python bench/serving.py                  # both ensembles, about 15 minutes on 2 shared cores
-    .venv/bin/python bench/serving.py --cases small    # the Fashion-MNIST ensemble only, about 5 minutes
+    .venv/bin/python bench/serving.py                  # both ensembles, about 12 minutes on 2 cores
+    .venv/bin/python bench/serving.py --cases small    # the Fashion-MNIST ensemble only, about 3 minutes
 
 For each ensemble and each point (concurrency x dynamic batching on/off, and for the small
 ensemble the batch endpoint at concurrency 1 and 8):
@@ -1044,7 +1044,8 @@ def _endpoint(point: dict) -> str:
 
 
 def _point_label(point: dict, separator: str = "\n") -> str:
-    return f"c={point['concurrency']}{separator}{_endpoint(point) if point['endpoint'] == 'batch' else point['batching']}"
+    what = _endpoint(point).replace(" ", separator) if point["endpoint"] == "batch" else point["batching"]
+    return f"c={point['concurrency']}{separator}{what}"
 
 
 def plot(results: dict, path: Path) -> None:
@@ -1079,6 +1080,12 @@ def plot(results: dict, path: Path) -> None:
             capsize=3,
         )
         ratio.axhline(TARGET_RATIO, color="black", linestyle="--", linewidth=1, label=f"target {TARGET_RATIO}")
+        if case.get("http_floors"):
+            bounded = [i for i, p in enumerate(points) if p["batching"] == "on" and p["concurrency"] == TARGET_CONCURRENCY]
+            ratio.scatter(
+                bounded, [ratio_bound(case, points[i]) for i in bounded], marker="_", s=600, color="black",
+                label="bound: limit / (limit + HTTP floor + decoding)",
+            )
         ratio.set_ylim(0, max(1.1, max(p["ratio"] for p in points) * 1.1))
         ratio.set_ylabel("end-to-end / limit")
         ratio.set_title(f"{case['case']}: ratio to the limit (bars: min..max over rounds)")
@@ -1109,6 +1116,10 @@ def ratio_bound(case: dict, point: dict) -> float:
     """The best ratio a CPU-bound service could reach at ``point``: model CPU over model + unavoidable CPU."""
     model = point["limit_cpu_ms_per_image"]
     return model / (model + unavoidable_ms(case, point))
+
+
+def _rate(per_s: float) -> str:
+    return f"{per_s:.0f}" if per_s >= 100 else f"{per_s:.1f}"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -1223,13 +1234,13 @@ def markdown(results: dict, plot_path: Path, doc_path: Path) -> str:
                 "",
             ]
             rows = [
-                [floor["title"], f"{floor['requests_per_s']:.0f}", f"{floor['server_cpu_ms_per_request']:.2f}",
+                [floor["title"], _rate(floor["requests_per_s"]), f"{floor['server_cpu_ms_per_request']:.2f}",
                  f"{floor['client_cpu_ms_per_request']:.2f}"]
                 for floor in floors.values()
             ]
             if target:
                 server = sum(ms for role, ms in target["cpu_ms_per_image"].items() if role not in (CLIENT, OTHERS))
-                rows.append(["the service (decode, batching, inference included)", f"{target['images_per_s']:.0f}",
+                rows.append(["the service (decode, batching, inference included)", _rate(target["images_per_s"]),
                              f"{server:.2f}", f"{target['cpu_ms_per_image'].get(CLIENT, 0.0):.2f}"])
             lines += _table(["server", "requests/s", "server CPU ms/request", "client CPU ms/request"], rows)
             lines += [
@@ -1310,6 +1321,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     what.add_argument("--no-profile", action="store_true", help="skip py-spy (thread roles then coarse)")
     what.add_argument("--profile-cases", nargs="*", default=["small"], help="cases profiled with py-spy")
     what.add_argument("--ranking-all", action="store_true", help="time ranking for every case, not only realistic")
+    what.add_argument(
+        "--report-only", action="store_true", help="measure nothing: write the plot and the doc from --out's JSON"
+    )
     paths = parser.add_argument_group("paths")
     paths.add_argument("--fmnist-dir", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
     paths.add_argument(
@@ -1330,6 +1344,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = dict(setting.split("=", 1) for setting in args.setting)
     if "repository" in overrides:
         raise SystemExit("--setting repository=...: each case has its own repository (see --cache)")
+    if args.report_only:
+        results = json.loads(args.out.read_text())
+        plot(results, args.plot)
+        write_doc(args.doc, markdown(results, args.plot, args.doc))
+        print(f"wrote {args.plot}, {args.doc} from {args.out}")
+        return 0
     args.cache.mkdir(parents=True, exist_ok=True)
     results = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
