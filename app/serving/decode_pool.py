@@ -147,9 +147,12 @@ class _IdleWorkers:
                     continue
                 if _running_loop() is loop:
                     waiter.set_result(worker)
-                else:
+                    return
+                try:
                     loop.call_soon_threadsafe(self._hand_over, waiter, worker)
-                return
+                    return
+                except RuntimeError:  # that loop is closed: its waiter will never run
+                    continue
             self._idle.append(worker)
             self._condition.notify()
 
@@ -187,7 +190,10 @@ class _IdleWorkers:
             self._condition.notify_all()
             waiting, self._coroutines = self._coroutines, deque()
         for loop, waiter in waiting:
-            loop.call_soon_threadsafe(_fail_closed, waiter)
+            try:
+                loop.call_soon_threadsafe(_fail_closed, waiter)
+            except RuntimeError:  # that loop is closed: its waiter will never run
+                pass
 
 
 class DecodePool:
