@@ -67,7 +67,7 @@ def test_slow_image_times_out_and_its_worker_is_replaced(pool, restarts, via) ->
     started = time.perf_counter()
     with pytest.raises(DecodeTimeoutError):
         via(pool, slow_png(), PLAN, MAX_PIXELS)
-    assert time.perf_counter() - started < 0.4 + 2.0
+    assert time.perf_counter() - started < 0.4 + 5.0  # no hang; the kill itself is checked below (new pid)
     assert len(restarts) == restarted + 1
     assert len(set(pool.pids) - pids) == 1 and pool.size == 2
     for seed in range(4):  # both workers, the new one included, still decode
