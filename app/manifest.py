@@ -76,8 +76,14 @@ class ModelManifest:
     def num_classes(self) -> int:
         return len(self.labels)
 
+    @staticmethod
+    def preprocess_fields(config: PreprocessConfig) -> dict[str, Any]:
+        """The manifest fields that hold ``config`` (input size, channels, mean/std, interpolation, TTA sizes)."""
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in dataclasses.asdict(config).items()}
+
     @property
     def preprocess(self) -> PreprocessConfig:
+        """The inverse of ``preprocess_fields``."""
         return PreprocessConfig(
             input_size=self.input_size,
             in_chans=self.in_chans,

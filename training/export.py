@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import tempfile
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -134,12 +134,7 @@ def export_untrained(
         name=name,
         version=UNTRAINED_VERSION,
         architecture=architecture,
-        input_size=preprocess.input_size,
-        in_chans=preprocess.in_chans,
-        mean=list(preprocess.mean),
-        std=list(preprocess.std),
-        interpolation=preprocess.interpolation,
-        tta_sizes=list(preprocess.tta_sizes),
+        **ModelManifest.preprocess_fields(preprocess),
         labels=list(labels),
         class_counts=[],
         loss=LossSpec(name="none"),
@@ -171,13 +166,11 @@ def loss_spec(config: dict[str, Any]) -> LossSpec:
 
 def run_manifest(run: TrainedRun, name: str, version: str) -> ModelManifest:
     """The repository manifest of a run's best checkpoint, before export fills in sha256 and opset."""
-    # PreprocessConfig's fields (input size, channels, mean/std, interpolation, TTA sizes) are manifest fields.
-    preprocess = {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(run.preprocess).items()}
     return ModelManifest(
         name=name,
         version=str(version),
         architecture=run.config.model.model,
-        **preprocess,
+        **ModelManifest.preprocess_fields(run.preprocess),
         labels=run.labels,
         class_counts=[int(count) for count in run.data["class_counts"]],
         loss=loss_spec(run.config.to_dict()["loss"]),
