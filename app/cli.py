@@ -1,8 +1,10 @@
 """The ``productrec`` command: one entry point, one subcommand per step.
 
+Command groups are found through the entry points ``productrec.commands``
+(pyproject.toml): ``app`` never imports ``training``, and an installation
+without ``training/`` (the serving image) simply has no training commands.
 Option definitions are torch-free; each subcommand's implementation is imported
-only when it runs, so ``productrec serve`` and ``--help`` work with the serving
-extra alone.
+only when it runs.
 """
 
 from __future__ import annotations
@@ -12,7 +14,12 @@ import importlib
 import logging
 import sys
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from typing import Callable, Sequence
+
+log = logging.getLogger("productrec.cli")
+
+COMMAND_GROUP = "productrec.commands"
 
 
 MISSING_MODULE_EXTRAS = {
@@ -34,11 +41,18 @@ class Command:
     description: str = ""
 
 
-def _commands() -> list[Command]:
-    from app.cli_commands import SERVING_COMMANDS
-    from training.cli import TRAINING_COMMANDS
+def discover_commands() -> list[Command]:
+    """Every installed command group's commands; a group whose package is absent is left out.
 
-    return [*TRAINING_COMMANDS, *SERVING_COMMANDS]
+    Groups are taken in reverse name order, so "training" (data to model) lists before "serving".
+    """
+    commands: list[Command] = []
+    for group in sorted(entry_points(group=COMMAND_GROUP), key=lambda point: point.name, reverse=True):
+        try:
+            commands += group.load()
+        except ImportError as exc:
+            log.debug("command group %s not installed: %s", group.name, exc)
+    return commands
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -57,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in _commands():
+    for command in discover_commands():
         sub = subparsers.add_parser(
             command.name,
             help=command.help,

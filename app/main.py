@@ -19,10 +19,10 @@ from app.api.errors import install_error_handlers
 from app.api.middleware import MetricsMiddleware
 from app.api.routes import health, metrics, models, predict
 from app.core.config import Settings, get_settings
-from app.inference import ProviderUnavailableError, require_cuda
-from app.manifest import ENSEMBLE_FILE
-from app.serving.metrics import ServingMetrics
-from app.serving.service import PredictionService, load_ensemble
+from app.engine.ensemble import ProviderUnavailableError, require_cuda
+from app.contract.manifest import ENSEMBLE_FILE
+from app.engine.metrics import ServingMetrics
+from app.engine.pipeline import PredictionService, load_ensemble
 
 log = logging.getLogger("productrec.app")
 

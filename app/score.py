@@ -26,12 +26,12 @@ from typing import Iterable, Iterator, Sequence
 from tqdm import tqdm
 
 from app.api.errors import api_error_for
-from app.ensemble import Strategy, rank
-from app.inference import Ensemble, ProviderPreference
-from app.manifest import RepositoryError
-from app.schemas import Prediction, Timings
-from app.serving.decode_pool import DecodedCrops, DecodePool
-from app.serving.service import InferenceResult, encode_prediction
+from app.contract.ranking import Strategy, rank
+from app.engine.ensemble import Ensemble, ProviderPreference
+from app.contract.manifest import RepositoryError
+from app.api.schemas import Prediction, Timings
+from app.engine.decode_pool import DecodedCrops, DecodePool
+from app.engine.pipeline import InferenceResult, encode_prediction
 
 log = logging.getLogger("productrec.score")
 

@@ -4,7 +4,7 @@
 
 For each case the same image goes through a one-worker ``DecodePool`` ``repeats``
 times, the crops coming back through shared memory (the default) or pickled
-through the socket, interleaved with in-process ``app.preprocess.decode_crops``
+through the socket, interleaved with in-process ``app.contract.preprocess.decode_crops``
 so that a busy machine slows all three alike. Printed: the median in-process
 time, and per transport the median of (wall time of ``DecodePool.decode`` minus
 the decode time measured inside the worker), which is the transport's overhead.
@@ -20,8 +20,8 @@ import time
 import numpy as np
 from PIL import Image
 
-from app.preprocess import PreprocessConfig, decode_crops
-from app.serving import decode_pool
+from app.contract.preprocess import PreprocessConfig, decode_crops
+from app.engine import decode_pool
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CASES = {

@@ -40,7 +40,7 @@ async def app(scope, receive, send) -> None:
 def app_without_pipeline():
     """``create_app()`` whose lifespan installs a service that answers every image with the canned prediction."""
     from app.main import create_app
-    from app.schemas import Prediction
+    from app.api.schemas import Prediction
 
     canned = Prediction.model_validate_json(_BODY)
 

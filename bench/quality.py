@@ -3,7 +3,7 @@
 Every cell is a run directory ``<root>/<setting>/<loss>/seed<k>`` (ensemble members
 ``<root>/ensemble/<family>/seed0``) trained by ``productrec train`` and evaluated by
 ``productrec evaluate`` (TTA per size, memorisation, top-1 voting through
-``app.inference.Ensemble``). A run with best.pt and a test_metrics.json of that
+``app.engine.ensemble.Ensemble``). A run with best.pt and a test_metrics.json of that
 best.pt is skipped; an interrupted one continues from its last.pt with ``--resume``.
 
     nice -n 5 .venv/bin/python bench/quality.py --resume --report  # train + evaluate what is missing, then report
@@ -150,7 +150,7 @@ def ensemble_members(root: Path) -> list[Path]:
 
 def is_finished(run_dir: Path) -> bool:
     """best.pt with the test_metrics.json of that very checkpoint."""
-    from app.manifest import read_json, sha256_file
+    from app.contract.manifest import read_json, sha256_file
 
     best, metrics = run_dir / BEST_CHECKPOINT, run_dir / TEST_METRICS_FILE
     if not (best.is_file() and metrics.is_file()):
@@ -191,7 +191,7 @@ def train_and_evaluate(spec: Spec, root: Path, recipe: Recipe, resume: bool) -> 
 
 
 def evaluate_ensemble_runs(root: Path) -> None:
-    """Top-1 vote of the three families through ``productrec evaluate`` (``app.ensemble``'s voting)."""
+    """Top-1 vote of the three families through ``productrec evaluate`` (``app.contract.ranking``'s voting)."""
     members = ensemble_members(root)
     out = root / ENSEMBLE_DIR / EVALUATION_FILE
     if out.exists() and out.stat().st_mtime > max((member / BEST_CHECKPOINT).stat().st_mtime for member in members):
@@ -530,7 +530,7 @@ def render(numbers: dict[str, Any], args: argparse.Namespace, per_class_png: Pat
         "```",
         "",
         "Each run is `productrec train` followed by `productrec evaluate <run dir>`; the ensemble is "
-        "`productrec evaluate <3 run dirs>` (top-1 vote through `app.ensemble`). The command of every run is in its "
+        "`productrec evaluate <3 run dirs>` (top-1 vote through `app.contract.ranking`). The command of every run is in its "
         "`config.json` and in `bench/results/quality.json`" + (f"; e.g.\n\n```sh\n{example['command']}\n```" if example else "."),
         "",
         "## Recipe and budget",
@@ -671,7 +671,7 @@ def ensemble_section(numbers: dict[str, Any]) -> list[str]:
     if numbers["best_loss"] and numbers["best_loss"] != ENSEMBLE_LOSS:
         note = (f" The members use bsce, as the paper's ensemble does, although {numbers['best_loss']} had the lower mean error "
                 "in Table 2 here; the resnet member is the bsce seed-0 run of Table 2.")
-    return [*head, "bsce, main setting, seed 0; the vote is `app.ensemble`'s (ties to the highest mean probability), "
+    return [*head, "bsce, main setting, seed 0; the vote is `app.contract.ranking`'s (ties to the highest mean probability), "
             "through `productrec evaluate` with the three run directories." + note, "", table, ""]
 
 

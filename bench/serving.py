@@ -58,11 +58,11 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from app.core.config import Settings  # noqa: E402
-from app.ensemble import crop_average_probabilities, rank  # noqa: E402
-from app.inference import Ensemble  # noqa: E402
-from app.manifest import ENSEMBLE_FILE  # noqa: E402
-from app.preprocess import PreprocessConfig, decode_crops  # noqa: E402
-from app.serving.service import load_ensemble  # noqa: E402
+from app.contract.ranking import crop_average_probabilities, rank  # noqa: E402
+from app.engine.ensemble import Ensemble  # noqa: E402
+from app.contract.manifest import ENSEMBLE_FILE  # noqa: E402
+from app.contract.preprocess import PreprocessConfig, decode_crops  # noqa: E402
+from app.engine.pipeline import load_ensemble  # noqa: E402
 from training.data import load_fashion_mnist  # noqa: E402
 
 TARGET_RATIO = 0.85
@@ -649,21 +649,21 @@ class CpuMeter:
 PROFILE_CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     (
         "decode hand-off: IPC to the workers, crops copied back",
-        ("app/serving/decode_pool.py", "app/serving/decode_worker.py", "multiprocessing/"),
+        ("app/engine/decode_pool.py", "app/engine/decode_worker.py", "multiprocessing/"),
     ),
-    ("ensemble run: onnxruntime call, crops concatenated", ("app/inference.py", "onnxruntime/")),
-    ("ranking: softmax, top-k, voting", ("app/ensemble.py",)),
-    ("dynamic batcher", ("app/serving/batcher.py",)),
+    ("ensemble run: onnxruntime call, crops concatenated", ("app/engine/ensemble.py", "onnxruntime/")),
+    ("ranking: softmax, top-k, voting", ("app/contract/ranking.py",)),
+    ("dynamic batcher", ("app/engine/batcher.py",)),
     (
         "response: schema objects and JSON",
-        ("encode_prediction", "PredictionService.encode", "app/schemas.py", "pydantic", "serialize_response",
+        ("encode_prediction", "PredictionService.encode", "app/api/schemas.py", "pydantic", "serialize_response",
          "jsonable_encoder", "json/", "JSONResponse.render"),
     ),
     ("request body: reading, limits", ("app/api/uploads.py", "starlette/requests.py")),
-    ("metrics", ("app/serving/metrics.py", "app/api/middleware.py")),
+    ("metrics", ("app/engine/metrics.py", "app/api/middleware.py")),
     ("HTTP server: uvicorn, httptools or h11", ("h11/", "httptools/", "uvicorn/")),
     ("FastAPI/Starlette: routing, middleware, dependencies", ("starlette/", "fastapi/", "app/api/")),
-    ("service: admission, gather", ("app/serving/service.py",)),
+    ("service: admission, gather", ("app/engine/pipeline.py",)),
 ]
 GENERIC_CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("event loop machinery (asyncio, selectors)", ("asyncio/", "selectors.py")),

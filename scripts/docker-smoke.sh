@@ -156,6 +156,9 @@ check_no_training_stack() {  # IMAGE
 import importlib.util, sys
 found = [name for name in ("torch", "timm", "torchvision") if importlib.util.find_spec(name)]
 sys.exit(f"found {found}" if found else 0)' || die "$1 contains the training stack; the serving image must not"
+    local commands
+    commands=$(buildah run "$CONTAINER" -- productrec --help | sed -n 's/^    \([a-z][a-z]*\) .*/\1/p' | tr '\n' ' ')
+    [ "$commands" = "serve score " ] || die "$1: productrec --help lists '$commands'; the serving image has serve and score only"
     log "$1: no torch, timm or torchvision; $(podman image inspect --format '{{.Size}}' "$1" | awk '{ printf "%.0f MB", $1 / 1e6 }')"
 }
 
@@ -279,7 +282,7 @@ if [ $# -ge 1 ]; then
     REPOSITORY=$(realpath "$1")
     [ -f "$REPOSITORY/ensemble.json" ] || die "$REPOSITORY has no ensemble.json: not a model repository"
 else
-    source_key=$(cat scripts/untrained_repository.py app/manifest.py training/export.py | sha256sum | cut -c1-12)
+    source_key=$(cat scripts/untrained_repository.py app/contract/manifest.py training/export.py | sha256sum | cut -c1-12)
     REPOSITORY="$CACHE/untrained-repository-$source_key"
     if [ ! -f "$REPOSITORY/ensemble.json" ]; then
         rm -rf "$REPOSITORY"

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from app.manifest import load_ensemble
+from app.contract.manifest import load_ensemble
 
 TIMEOUT_S = 60.0
 NOT_AN_IMAGE = b"this is not an image\n"

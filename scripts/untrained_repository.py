@@ -18,7 +18,7 @@ from pathlib import Path
 import timm
 from PIL import Image
 
-from app.preprocess import PreprocessConfig
+from app.contract.preprocess import PreprocessConfig
 from training.data import FASHION_MNIST_LABELS, FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
 from training.export import UNTRAINED_VERSION, export_untrained, write_default_ensemble
 

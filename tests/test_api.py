@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from serving_helpers import assert_same_ranking, encode, metric, noise_image, serving
 
-from app.inference import Ensemble
-from app.preprocess import decode_image
+from app.engine.ensemble import Ensemble
+from app.contract.preprocess import decode_image
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from serving_helpers import encode, noise_image, png_claiming_size, slow_png
 
-from app.preprocess import ImageDecodeError, ImageTooLargeError, PreprocessConfig, decode_crops
-from app.serving.decode_pool import DecodeCrashedError, DecodePool, DecodePoolClosedError, DecodeTimeoutError
+from app.contract.preprocess import ImageDecodeError, ImageTooLargeError, PreprocessConfig, decode_crops
+from app.engine.decode_pool import DecodeCrashedError, DecodePool, DecodePoolClosedError, DecodeTimeoutError
 
 PLAN = [
     (PreprocessConfig(16, 1, (0.5,), (0.25,), "bilinear", (16, 20)), (16, 20)),

@@ -11,8 +11,8 @@ import onnxruntime as ort
 import pytest
 from serving_helpers import metric, serving
 
-from app.inference import ProviderUnavailableError
-from app.manifest import ENSEMBLE_FILE, MANIFEST_FILE, MODEL_FILE, sha256_file
+from app.engine.ensemble import ProviderUnavailableError
+from app.contract.manifest import ENSEMBLE_FILE, MANIFEST_FILE, MODEL_FILE, sha256_file
 
 
 @pytest.fixture

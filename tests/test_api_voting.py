@@ -10,7 +10,7 @@ import torch
 from serving_helpers import encode, noise_image, serving
 from torch import nn
 
-from app.manifest import LossSpec, ModelManifest
+from app.contract.manifest import LossSpec, ModelManifest
 from training.export import export_to_repository, write_default_ensemble
 
 LABELS = ["a", "b", "c", "d", "e"]

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from app.serving.batcher import BatcherClosedError, DynamicBatcher, QueueFullError
+from app.engine.batcher import BatcherClosedError, DynamicBatcher, QueueFullError
 
 
 class Recorder:

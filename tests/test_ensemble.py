@@ -1,4 +1,4 @@
-"""Combining crops and members (app/ensemble.py): softmax, crop averaging, top-1 voting with constructed ties."""
+"""Combining crops and members (app/contract/ranking.py): softmax, crop averaging, top-1 voting with constructed ties."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from app.ensemble import crop_average_probabilities, predict_top1, rank, softmax
+from app.contract.ranking import crop_average_probabilities, predict_top1, rank, softmax
 
 
 def members(*rows: list[float]) -> np.ndarray:

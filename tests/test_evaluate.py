@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from app.cli import main as cli_main
-from app.ensemble import predict_top1, rank
-from app.inference import Ensemble
-from app.preprocess import decode_image
+from app.contract.ranking import predict_top1, rank
+from app.engine.ensemble import Ensemble
+from app.contract.preprocess import decode_image
 from training.evaluate import (
     TTA,
     class_groups,

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from app.cli import main as cli_main
-from app.inference import Ensemble
-from app.manifest import ENSEMBLE_FILE, INPUT_NAME, OUTPUT_NAME, load_ensemble, load_manifest, member_dir, sha256_file
-from app.preprocess import tta_crops
+from app.engine.ensemble import Ensemble
+from app.contract.manifest import ENSEMBLE_FILE, INPUT_NAME, OUTPUT_NAME, load_ensemble, load_manifest, member_dir, sha256_file
+from app.contract.preprocess import tta_crops
 from training.config import ConfigError, DataConfig
 from training.data import build_splits
 from training.evaluate import load_runs_ensemble
@@ -116,7 +116,7 @@ def test_fashion_mnist_repository_is_valid_and_matches_pytorch(
 
     # ONNX members through the service's engine vs. the PyTorch models, crop by crop.
     ensemble = Ensemble.load(trained_repository, "cpu")
-    from app.preprocess import decode_image
+    from app.contract.preprocess import decode_image
 
     images = [decode_image(data, 1, 10_000) for data in fmnist_test_images.images[:12]]
     for member, (name, run_dir) in zip(ensemble.members, trained_runs.items()):
@@ -134,7 +134,7 @@ def test_an_untrained_model_goes_through_the_real_export(tmp_path: Path, fmnist_
     import timm
     from PIL import Image
 
-    from app.preprocess import PreprocessConfig
+    from app.contract.preprocess import PreprocessConfig
     from training.export import UNTRAINED_VERSION, export_untrained, write_default_ensemble
 
     preprocess = PreprocessConfig(input_size=28, in_chans=1, mean=(0.3,), std=(0.35,), tta_sizes=(28, 32))

@@ -1,4 +1,4 @@
-"""The shared preprocessing (app/preprocess.py): formats, modes, EXIF, limits, crops and normalisation."""
+"""The shared preprocessing (app/contract/preprocess.py): formats, modes, EXIF, limits, crops and normalisation."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from serving_helpers import encode, noise_image, png_claiming_size
 
-from app.preprocess import (
+from app.contract.preprocess import (
     ImageDecodeError,
     ImageTooLargeError,
     PreprocessConfig,

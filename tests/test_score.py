@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from app.cli import main
-from app.inference import Ensemble
-from app.preprocess import decode_image
+from app.engine.ensemble import Ensemble
+from app.contract.preprocess import decode_image
 from app.score import ResultWriter, iter_sources, score
 
 N_IMAGES = 10

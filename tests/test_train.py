@@ -11,7 +11,7 @@ import pytest
 import timm
 import torch
 
-from app.preprocess import PreprocessConfig, random_scaled_crop, tta_crops
+from app.contract.preprocess import PreprocessConfig, random_scaled_crop, tta_crops
 from training.config import ConfigError, DataConfig
 from training.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, build_splits, long_tail_counts
 from training.models import create_model

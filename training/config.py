@@ -165,7 +165,7 @@ def user_errors() -> Iterator[None]:
     Wrap only the steps that read user input, so a bug deeper down keeps its traceback.
     """
     from app.cli import CommandError
-    from app.manifest import RepositoryError
+    from app.contract.manifest import RepositoryError
 
     try:
         yield

@@ -2,7 +2,7 @@
 
 Torch-free (NumPy and Pillow), so ``productrec data`` starts fast; the training
 code wraps an ``ImageSet`` in its own torch ``Dataset``. Image files are decoded
-with ``app.preprocess.decode_image``, the decoder the service uses.
+with ``app.contract.preprocess.decode_image``, the decoder the service uses.
 
 The benchmark, deterministic by ``data_seed``:
 
@@ -51,7 +51,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from app.preprocess import ImageDecodeError, ImageTooLargeError, decode_image
+from app.contract.preprocess import ImageDecodeError, ImageTooLargeError, decode_image
 from training.config import FMNIST_BENCHMARK, DataConfig, config_from_args, user_errors
 
 logger = logging.getLogger(__name__)
@@ -284,7 +284,7 @@ class ArrayImageSet(ImageSet):
 
 
 class FileImageSet(ImageSet):
-    """Image files, decoded on demand by ``app.preprocess.decode_image``."""
+    """Image files, decoded on demand by ``app.contract.preprocess.decode_image``."""
 
     def __init__(
         self,

@@ -1,9 +1,9 @@
 """``productrec evaluate``: test error, per-class and head/middle/tail accuracy, memorisation, TTA and ensembles.
 
-Both sources run through ``app.inference.Ensemble``, the service's engine:
+Both sources run through ``app.engine.ensemble.Ensemble``, the service's engine:
 run directories as PyTorch members (``TorchMember``), an exported repository as
-onnxruntime members. Crops come from ``app.preprocess.tta_crops`` and are
-combined by ``app.ensemble``; nothing here re-implements either.
+onnxruntime members. Crops come from ``app.contract.preprocess.tta_crops`` and are
+combined by ``app.contract.ranking``; nothing here re-implements either.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from torch import nn
 from tqdm import tqdm
 
 from app.cli import CommandError
-from app.ensemble import Ranking, predict_top1
-from app.inference import Ensemble, ProviderPreference
-from app.manifest import EnsembleSpec, MemberRef, ModelManifest, sha256_file, write_json
-from app.preprocess import tta_crops
+from app.contract.ranking import Ranking, predict_top1
+from app.engine.ensemble import Ensemble, ProviderPreference
+from app.contract.manifest import EnsembleSpec, MemberRef, ModelManifest, sha256_file, write_json
+from app.contract.preprocess import tta_crops
 from training.config import DataConfig, user_errors
 from training.data import DEFAULT_MAX_PIXELS, BadImageError, ImageSet, Splits, build_splits
 from training.export import run_manifest
@@ -42,7 +42,7 @@ GROUP_NAMES = ("head", "middle", "tail")
 
 @dataclass
 class TorchMember:
-    """A run's best model behind ``app.inference.Member``'s interface, so ``Ensemble`` can drive it."""
+    """A run's best model behind ``app.engine.ensemble.Member``'s interface, so ``Ensemble`` can drive it."""
 
     manifest: ModelManifest
     model: nn.Module
@@ -81,7 +81,7 @@ def evaluate_repository(
 ) -> tuple[np.ndarray, list[Ranking]]:
     """``[M, B, K]`` member probabilities and the rankings the service would return for ``images``.
 
-    A thin wrapper over ``app.inference.Ensemble``: encoded images are decoded by
+    A thin wrapper over ``app.engine.ensemble.Ensemble``: encoded images are decoded by
     ``Ensemble.decode``, as the service's decode workers do.
     """
     ensemble = Ensemble.load(Path(repository), provider)
@@ -362,7 +362,7 @@ def _number(value: float | None) -> str:
 
 def main(args: argparse.Namespace) -> int:
     """``productrec evaluate``."""
-    from app.inference import ProviderUnavailableError
+    from app.engine.ensemble import ProviderUnavailableError
 
     if bool(args.run_dirs) == bool(args.repository):
         raise CommandError("give one or more run directories or --repository DIR (not both)")

@@ -2,7 +2,7 @@
 
 ``productrec export RUN_DIR`` writes ``<repository>/<name>/<version>/{model.onnx,manifest.json}``
 from the run's best.pt after checking the ONNX logits against PyTorch's on real
-test images preprocessed by ``app.preprocess.tta_crops``.
+test images preprocessed by ``app.contract.preprocess.tta_crops``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import onnxruntime as ort
 import torch
 from PIL import Image
 
-from app.manifest import (
+from app.contract.manifest import (
     ENSEMBLE_FILE,
     INPUT_NAME,
     MANIFEST_FILE,
@@ -36,7 +36,7 @@ from app.manifest import (
     write_ensemble,
     write_json,
 )
-from app.preprocess import PreprocessConfig, tta_crops
+from app.contract.preprocess import PreprocessConfig, tta_crops
 from training.config import ConfigError, user_errors
 from training.data import BadImageError, build_splits
 from training.runs import TrainedRun, load_run

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from app.manifest import read_json, sha256_file
-from app.preprocess import PreprocessConfig
+from app.contract.manifest import read_json, sha256_file
+from app.contract.preprocess import PreprocessConfig
 from training.config import ConfigError, ModelConfig, TrainConfig
 from training.models import create_model
 

@@ -2,8 +2,8 @@
 
 The learning rate is divided by 10 when the validation top-1 error has not
 improved for ``patience`` epochs, and training stops when it would fall below
-``min_lr`` (or at ``epochs``). Augmentation is ``app.preprocess.random_scaled_crop``
-and validation the single centre crop of ``app.preprocess.tta_crops``: the same
+``min_lr`` (or at ``epochs``). Augmentation is ``app.contract.preprocess.random_scaled_crop``
+and validation the single centre crop of ``app.contract.preprocess.tta_crops``: the same
 resize and crop code the service runs. See ``training.runs`` for what a run
 directory holds.
 """
@@ -27,8 +27,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from tqdm import tqdm
 
-from app.manifest import write_json
-from app.preprocess import PreprocessConfig, random_scaled_crop, tta_crops
+from app.contract.manifest import write_json
+from app.contract.preprocess import PreprocessConfig, random_scaled_crop, tta_crops
 from training.config import FMNIST_BENCHMARK, ConfigError, TrainConfig, command_line, config_from_args, user_errors
 from training.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, BadImageError, ImageSet, Splits, build_splits
 from training.losses import SymmetricCrossEntropy, create_loss

@@ -14,8 +14,8 @@ from fastapi.security import APIKeyHeader
 
 from app.api.errors import ApiError
 from app.core.config import Settings
-from app.serving.metrics import ServingMetrics
-from app.serving.service import PredictionService
+from app.engine.metrics import ServingMetrics
+from app.engine.pipeline import PredictionService
 
 
 async def get_app_settings(request: Request) -> Settings:

@@ -10,10 +10,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.middleware import endpoint_label
-from app.preprocess import ImageDecodeError, ImageTooLargeError
-from app.serving.batcher import BatcherClosedError, QueueFullError
-from app.serving.decode_pool import DecodeCrashedError, DecodePoolClosedError, DecodeTimeoutError
-from app.serving.service import ServiceOverloadedError
+from app.contract.preprocess import ImageDecodeError, ImageTooLargeError
+from app.engine.batcher import BatcherClosedError, QueueFullError
+from app.engine.decode_pool import DecodeCrashedError, DecodePoolClosedError, DecodeTimeoutError
+from app.engine.pipeline import ServiceOverloadedError
 
 log = logging.getLogger("productrec.api")
 

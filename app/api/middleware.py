@@ -6,7 +6,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.serving.metrics import ServingMetrics
+from app.engine.metrics import ServingMetrics
 
 
 def endpoint_label(scope: Scope) -> str:

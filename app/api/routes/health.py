@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import ServiceDep
-from app.schemas import ErrorResponse, Health, Readiness
+from app.api.schemas import ErrorResponse, Health, Readiness
 
 router = APIRouter(tags=["health"])
 

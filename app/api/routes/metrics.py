@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
 from app.api.deps import MetricsDep
-from app.serving.metrics import CONTENT_TYPE
+from app.engine.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["metrics"])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from app.api.deps import ServiceDep, SettingsDep, verify_api_key
-from app.schemas import ErrorResponse, MemberInfo, ModelsResponse
+from app.api.schemas import ErrorResponse, MemberInfo, ModelsResponse
 
 router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(verify_api_key)])
 

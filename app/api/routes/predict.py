@@ -12,8 +12,8 @@ from app.api.deps import ServiceDep, SettingsDep, verify_api_key
 from app.api.errors import ApiError, api_error_for, record_error
 from app.api.uploads import read_batch_images, read_single_image
 from app.core.config import Settings
-from app.schemas import BatchItem, BatchPrediction, ErrorResponse, Prediction
-from app.serving.service import PredictionService
+from app.api.schemas import BatchItem, BatchPrediction, ErrorResponse, Prediction
+from app.engine.pipeline import PredictionService
 
 router = APIRouter(prefix="/v1", tags=["predict"], dependencies=[Depends(verify_api_key)])
 

@@ -3,7 +3,7 @@
 decode: bytes -> TTA crops in a decode worker process (time-limited);
 batch: the crops of concurrent requests are queued in the dynamic batcher;
 predict: one ``Ensemble.member_probabilities`` call per batch on the inference
-thread, then ``app.ensemble.rank``; unbatch: each request gets its own rows;
+thread, then ``app.contract.ranking.rank``; unbatch: each request gets its own rows;
 encode: a ``Prediction`` schema. Admission is bounded by ``queue_limit`` images.
 """
 
@@ -19,12 +19,12 @@ from typing import Sequence
 import numpy as np
 
 from app.core.config import Settings
-from app.ensemble import Ranking, Strategy, rank
-from app.inference import Ensemble
-from app.schemas import LabelScore, MemberTop1, Prediction, Timings
-from app.serving.batcher import Batched, DynamicBatcher
-from app.serving.decode_pool import DecodePool, DecodeTimeoutError
-from app.serving.metrics import ServingMetrics
+from app.contract.ranking import Ranking, Strategy, rank
+from app.engine.ensemble import Ensemble
+from app.api.schemas import LabelScore, MemberTop1, Prediction, Timings
+from app.engine.batcher import Batched, DynamicBatcher
+from app.engine.decode_pool import DecodePool, DecodeTimeoutError
+from app.engine.metrics import ServingMetrics
 
 log = logging.getLogger("productrec.service")
 

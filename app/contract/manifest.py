@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.ensemble import STRATEGIES
-from app.preprocess import PreprocessConfig
+from app.contract.ranking import STRATEGIES
+from app.contract.preprocess import PreprocessConfig
 
 MANIFEST_FILE = "manifest.json"
 ENSEMBLE_FILE = "ensemble.json"

@@ -2,7 +2,7 @@
 
 A few hundred KB of crafted image can cost seconds to minutes of CPU inside a
 decoder, and a thread stuck in C code cannot be interrupted. Each job runs in
-a worker process (``app.serving.decode_worker``, Pillow and NumPy only); when
+a worker process (``app.engine.decode_worker``, Pillow and NumPy only); when
 it has not answered within ``timeout_s`` the process is killed, a fresh one
 takes its place and the caller gets ``DecodeTimeoutError``.
 
@@ -35,8 +35,8 @@ from typing import Callable
 
 import numpy as np
 
-from app.preprocess import CropPlan
-from app.serving.decode_worker import READY, CropBuffer
+from app.contract.preprocess import CropPlan
+from app.engine.decode_worker import READY, CropBuffer
 
 log = logging.getLogger("productrec.decode")
 
@@ -88,7 +88,7 @@ class _Worker:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))}
         with theirs:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "app.serving.decode_worker", *arguments],
+                [sys.executable, "-m", "app.engine.decode_worker", *arguments],
                 pass_fds=fds,
                 env=env,
                 stdin=subprocess.DEVNULL,

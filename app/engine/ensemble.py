@@ -17,9 +17,9 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from app.ensemble import Ranking, Strategy, crop_average_probabilities, rank
-from app.manifest import EnsembleSpec, LoadedMember, ModelManifest, RepositoryError, load_ensemble
-from app.preprocess import CropPlan, PreprocessConfig, crops_for_plan, decode_image, widest_in_chans
+from app.contract.ranking import Ranking, Strategy, crop_average_probabilities, rank
+from app.contract.manifest import EnsembleSpec, LoadedMember, ModelManifest, RepositoryError, load_ensemble
+from app.contract.preprocess import CropPlan, PreprocessConfig, crops_for_plan, decode_image, widest_in_chans
 
 log = logging.getLogger("productrec.inference")
 

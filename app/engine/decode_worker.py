@@ -1,10 +1,10 @@
-"""A decode worker process: ``python -m app.serving.decode_worker SOCKET_FD [BUFFER_FD BUFFER_BYTES]``.
+"""A decode worker process: ``python -m app.engine.decode_worker SOCKET_FD [BUFFER_FD BUFFER_BYTES]``.
 
 Receives ``(bytes, crop plan, max_pixels)`` jobs on the socket and answers
 ``("shared", layout, seconds)`` with the crops written into the shared buffer,
 ``("ok", crops, seconds)`` with the crops pickled when they do not fit in it,
-or ``("error", exception)``. Imports Pillow and NumPy only (``app.preprocess``).
-Started by ``app.serving.decode_pool``, which kills it when a job takes too long.
+or ``("error", exception)``. Imports Pillow and NumPy only (``app.contract.preprocess``).
+Started by ``app.engine.decode_pool``, which kills it when a job takes too long.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from app.preprocess import ImageDecodeError, ImageTooLargeError, decode_crops
+from app.contract.preprocess import ImageDecodeError, ImageTooLargeError, decode_crops
 
 READY = "ready"
 _ALIGN = 64
