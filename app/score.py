@@ -25,7 +25,7 @@ from typing import Iterable, Iterator, Sequence
 
 from tqdm import tqdm
 
-from app.api.errors import api_error_for
+from app.contract.errors import error_record
 from app.contract.ranking import Strategy, rank
 from app.engine.ensemble import Ensemble, ProviderPreference
 from app.contract.manifest import RepositoryError
@@ -178,7 +178,7 @@ def _decode(pool: DecodePool, source: Source, plan, max_pixels: int) -> DecodedC
 def _error_record(exc: BaseException) -> dict[str, str]:
     if isinstance(exc, OSError):
         return {"error": "unreadable_file", "detail": f"{type(exc).__name__}: {exc}"}
-    return api_error_for(exc).body()
+    return error_record(exc)
 
 
 def score(

@@ -10,10 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.middleware import endpoint_label
-from app.contract.preprocess import ImageDecodeError, ImageTooLargeError
-from app.engine.batcher import BatcherClosedError, QueueFullError
-from app.engine.decode_pool import DecodeCrashedError, DecodePoolClosedError, DecodeTimeoutError
-from app.engine.pipeline import ServiceOverloadedError
+from app.contract.errors import DomainError, error_record
 
 log = logging.getLogger("productrec.api")
 
@@ -35,29 +32,16 @@ class ApiError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
-DOMAIN_ERRORS: dict[type[Exception], tuple[int, str]] = {
-    ImageTooLargeError: (413, "image_too_large"),
-    ImageDecodeError: (415, "unsupported_image"),
-    DecodeTimeoutError: (422, "decode_timeout"),
-    DecodeCrashedError: (422, "decode_failed"),
-    ServiceOverloadedError: (503, "overloaded"),
-    QueueFullError: (503, "overloaded"),
-    BatcherClosedError: (503, "shutting_down"),
-    DecodePoolClosedError: (503, "shutting_down"),
-}
-"""Exceptions of the pipeline and the (status, error code) they answer with."""
-
-
 def api_error_for(exc: BaseException, retry_after_s: int = 1) -> ApiError:
-    """The HTTP answer for an exception raised while predicting one image."""
+    """The HTTP answer for an exception raised while predicting one image: its own status and code."""
     if isinstance(exc, ApiError):
         return exc
-    for kind, (status, code) in DOMAIN_ERRORS.items():
-        if isinstance(exc, kind):
-            headers = {"Retry-After": str(retry_after_s)} if status == 503 else None
-            return ApiError(status, code, str(exc), headers)
+    if isinstance(exc, DomainError):
+        headers = {"Retry-After": str(retry_after_s)} if exc.retry else None
+        return ApiError(exc.status, exc.code, str(exc), headers)
     log.error("internal error", exc_info=exc)
-    return ApiError(500, "internal_error", f"{type(exc).__name__}: {exc}")
+    record = error_record(exc)
+    return ApiError(500, record["error"], record["detail"])
 
 
 _STATUS_CODES = {
@@ -110,7 +94,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    for domain_error in DOMAIN_ERRORS:
-        app.add_exception_handler(domain_error, _domain_error)
+    app.add_exception_handler(DomainError, _domain_error)
     # Anything else is a bug: still JSON (500), and Starlette re-raises it so it is logged.
     app.add_exception_handler(Exception, _domain_error)

@@ -18,6 +18,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from app.contract.errors import DomainError
+
 # Truncated files are bad input, not something to half-decode silently.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -32,12 +34,16 @@ INTERPOLATIONS = {
 BACKGROUND = 255
 
 
-class ImageDecodeError(ValueError):
-    """The bytes are not an image Pillow can decode (maps to HTTP 415)."""
+class ImageDecodeError(DomainError, ValueError):
+    """The bytes are not an image Pillow can decode."""
+
+    status, code = 415, "unsupported_image"
 
 
-class ImageTooLargeError(ValueError):
-    """The image has more pixels than allowed (maps to HTTP 413)."""
+class ImageTooLargeError(DomainError, ValueError):
+    """The image has more pixels than allowed."""
+
+    status, code = 413, "image_too_large"
 
 
 @dataclass(frozen=True)

@@ -18,18 +18,24 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Generic, Sequence, TypeVar
 
+from app.contract.errors import DomainError
+
 log = logging.getLogger("productrec.batcher")
 
 Request = TypeVar("Request")
 Result = TypeVar("Result")
 
 
-class QueueFullError(Exception):
-    """The batcher's queue is at its limit; the caller should retry later (HTTP 503)."""
+class QueueFullError(DomainError):
+    """The batcher's queue is at its limit; the caller should retry later."""
+
+    status, code, retry = 503, "overloaded", True
 
 
-class BatcherClosedError(RuntimeError):
+class BatcherClosedError(DomainError, RuntimeError):
     """The batcher was shut down before the request ran."""
+
+    status, code, retry = 503, "shutting_down", True
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from typing import Callable
 
 import numpy as np
 
+from app.contract.errors import DomainError
 from app.contract.preprocess import CropPlan
 from app.engine.decode_worker import READY, CropBuffer
 
@@ -50,16 +51,22 @@ SHARED_BUFFER_BYTES = 64 * 1024 * 1024
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
-class DecodeTimeoutError(Exception):
+class DecodeTimeoutError(DomainError):
     """Decoding one image took longer than the decode timeout (the file is refused)."""
 
+    status, code = 422, "decode_timeout"
 
-class DecodeCrashedError(Exception):
+
+class DecodeCrashedError(DomainError):
     """The worker died while decoding (the file is refused; the worker is replaced)."""
 
+    status, code = 422, "decode_failed"
 
-class DecodePoolClosedError(RuntimeError):
+
+class DecodePoolClosedError(DomainError, RuntimeError):
     """The pool is shut down."""
+
+    status, code, retry = 503, "shutting_down", True
 
 
 @dataclass

@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from app.contract.errors import DomainError
 from app.core.config import Settings
 from app.contract.ranking import Ranking, Strategy, rank
 from app.engine.ensemble import Ensemble
@@ -40,8 +41,10 @@ def load_ensemble(settings: Settings) -> Ensemble:
     )
 
 
-class ServiceOverloadedError(Exception):
-    """More images in flight than ``queue_limit`` allows (HTTP 503 with Retry-After)."""
+class ServiceOverloadedError(DomainError):
+    """More images in flight than ``queue_limit`` allows (retry later)."""
+
+    status, code, retry = 503, "overloaded", True
 
 
 @dataclass(frozen=True)
