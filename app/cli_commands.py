@@ -86,14 +86,14 @@ def given_settings(args: argparse.Namespace) -> list[str]:
     return [name for name in Settings.model_fields if getattr(args, name, None) is not None]
 
 
-def settings_from_args(args: argparse.Namespace):
-    """``Settings`` from the environment, overridden by the options given; CommandError if invalid."""
+def settings_from_args(args: argparse.Namespace, **fixed: object):
+    """``Settings`` from the environment, overridden by the options given and ``fixed``; CommandError if invalid."""
     from pydantic import ValidationError
 
     from app.cli import CommandError
     from app.core.config import Settings
 
-    overrides = {name: getattr(args, name) for name in given_settings(args)}
+    overrides = {**{name: getattr(args, name) for name in given_settings(args)}, **fixed}
     try:
         return Settings(**overrides)
     except ValidationError as exc:
@@ -119,7 +119,7 @@ def _add_score_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--top-k", type=int, default=5, help="labels per image")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True, help="multi-crop TTA")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per ensemble run (and per chunk written)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per ensemble run (the max_batch_size setting)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_setting_options(parser, SCORE_SETTINGS)
 

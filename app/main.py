@@ -19,10 +19,10 @@ from app.api.errors import install_error_handlers
 from app.api.middleware import MetricsMiddleware
 from app.api.routes import health, metrics, models, predict
 from app.core.config import Settings, get_settings
-from app.engine.ensemble import ProviderUnavailableError, require_cuda
 from app.contract.manifest import ENSEMBLE_FILE
-from app.engine.metrics import ServingMetrics
-from app.engine.pipeline import PredictionService, load_ensemble
+from app.engine.ensemble import Ensemble, ProviderUnavailableError, require_cuda
+from app.engine.metrics import MULTIPROCESS_DIR_ENV, ServingMetrics
+from app.engine.pipeline import Pipeline
 
 log = logging.getLogger("productrec.app")
 
@@ -42,9 +42,11 @@ Errors are JSON `{"error": code, "detail": text}`.
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Load and verify every member; on a repository problem stay up (live) but not ready."""
     settings: Settings = app.state.settings
-    service: PredictionService | None = None
+    metrics: ServingMetrics = app.state.metrics
+    pipeline: Pipeline | None = None
+    metrics.ready.set(0)
     try:
-        ensemble = await asyncio.to_thread(load_ensemble, settings)
+        ensemble = await asyncio.to_thread(Ensemble.from_settings, settings)
     except ProviderUnavailableError:
         log.critical("refusing to start: PRODUCTREC_PROVIDER=%s cannot be honoured", settings.provider, exc_info=True)
         raise
@@ -52,10 +54,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.load_error = f"model repository {settings.repository} not loaded: {exc}"
         log.error("%s; the service stays up but is not ready", app.state.load_error)
     else:
-        service = PredictionService(ensemble, settings, app.state.metrics)
-        await service.start()
-        app.state.service = service
+        pipeline = Pipeline(ensemble, settings, metrics)
+        await pipeline.start()
+        app.state.pipeline = pipeline
         app.state.load_error = None
+        metrics.ready.set(1)
         log.info(
             "ready: ensemble %r, members %s, providers %s",
             ensemble.spec.name,
@@ -65,10 +68,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        app.state.service = None
+        app.state.pipeline = None
         app.state.load_error = "shutting down"
-        if service is not None:
-            await service.close()
+        metrics.ready.set(0)
+        if pipeline is not None:
+            await pipeline.close()
+        metrics.process_exited()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -89,7 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = ServingMetrics()
-    app.state.service = None
+    app.state.pipeline = None
     app.state.load_error = "the model repository is still loading"
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

@@ -1,37 +1,38 @@
-"""``productrec score``: the service's engine over a folder or CSV manifest, without HTTP.
+"""``productrec score``: the service's pipeline over a folder or CSV manifest, without HTTP.
 
-Streams: files are listed lazily (folders walked in sorted order, manifests
-read row by row), decoded in chunks by the same time-limited decode workers as
-the service while the previous chunk runs through the ensemble, and each
-result is appended (and flushed) to the output as soon as it is known. Memory
-stays bounded by two chunks, plus the set of paths already in the output.
-Resumable: paths already in the output are skipped, a torn last line left by
-an interrupted run is cut off. Unreadable or undecodable files are recorded
-with their error instead of stopping the run.
+The same ``Pipeline`` as the HTTP service (decode workers, dynamic batcher,
+ensemble, ranking), fed from files: sources are listed lazily (folders walked
+in sorted order, manifests read row by row), a bounded window of images is in
+flight at once, and each result is appended (and flushed) to the output in the
+input's order as soon as it and those before it are known. Memory stays bounded
+by the window, plus the set of paths already in the output. Resumable: paths
+already in the output are skipped, a torn last line left by an interrupted run
+is cut off. Unreadable or undecodable files are recorded with their error
+instead of stopping the run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import csv
+import dataclasses
 import json
 import logging
 import os
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import deque
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator
 
 from tqdm import tqdm
 
-from app.contract.errors import error_record
-from app.contract.ranking import Strategy, rank
-from app.engine.ensemble import Ensemble, ProviderPreference
+from app.contract.errors import DomainError, error_record
 from app.contract.manifest import RepositoryError
-from app.api.schemas import Prediction, Timings
-from app.engine.decode_pool import DecodedCrops, DecodePool
-from app.engine.pipeline import InferenceResult, encode_prediction
+from app.core.config import Settings
+from app.engine.ensemble import Ensemble
+from app.engine.metrics import ServingMetrics
+from app.engine.pipeline import ImageResult, Pipeline
 
 log = logging.getLogger("productrec.score")
 
@@ -58,6 +59,12 @@ class Source:
     key: str
     file: Path
     label: str = ""
+
+
+class UnreadableFileError(DomainError):
+    """A listed file could not be read."""
+
+    status, code = 400, "unreadable_file"
 
 
 @dataclass(frozen=True)
@@ -119,13 +126,14 @@ class ResultWriter:
                 return {row["path"] for row in csv.DictReader(handle)}
             return {json.loads(line)["path"] for line in handle if line.strip()}
 
-    def write(self, source: Source, prediction: Prediction | None, error: dict[str, str] | None) -> None:
+    def write(self, source: Source, result: ImageResult | None, error: dict[str, str] | None) -> None:
         if self._csv is not None:
-            self._csv.writerow(_csv_row(source, prediction, error))
+            self._csv.writerow(_csv_row(source, result, error))
         else:
             record = {"path": source.key, "label": source.label or None, "error": error}
-            if prediction is not None:
-                record.update(prediction.model_dump(include={"labels", "members", "strategy", "tta"}))
+            if result is not None:
+                fields = dataclasses.asdict(result)
+                record.update({name: fields[name] for name in ("labels", "members", "strategy", "tta")})
             self._handle.write(json.dumps(record) + "\n")
         self._handle.flush()
 
@@ -139,7 +147,7 @@ class ResultWriter:
         self.close()
 
 
-def _csv_row(source: Source, prediction: Prediction | None, error: dict[str, str] | None) -> dict[str, object]:
+def _csv_row(source: Source, prediction: ImageResult | None, error: dict[str, str] | None) -> dict[str, object]:
     row: dict[str, object] = {"path": source.key, "label": source.label}
     if error is not None:
         row["error"] = f"{error['error']}: {error['detail']}".replace("\n", " ")
@@ -158,88 +166,69 @@ def _csv_row(source: Source, prediction: Prediction | None, error: dict[str, str
     return row
 
 
-def _chunks(items: Iterable[Source], size: int) -> Iterator[list[Source]]:
-    iterator = iter(items)
-    while chunk := list(islice(iterator, size)):
-        yield chunk
-
-
-def _decode(pool: DecodePool, source: Source, plan, max_pixels: int) -> DecodedCrops | BaseException:
+async def _score_one(pipeline: Pipeline, source: Source, top_k: int, tta: bool) -> ImageResult | BaseException:
     try:
-        data = source.file.read_bytes()
+        data = await asyncio.to_thread(source.file.read_bytes)
     except OSError as exc:
-        return exc
-    try:
-        return pool.decode(data, plan, max_pixels)
-    except Exception as exc:  # the error is recorded for this file; the run goes on
-        return exc
+        return UnreadableFileError(f"{type(exc).__name__}: {exc}")
+    (outcome,) = await pipeline.predict([data], top_k, tta)
+    return outcome
 
 
-def _error_record(exc: BaseException) -> dict[str, str]:
-    if isinstance(exc, OSError):
-        return {"error": "unreadable_file", "detail": f"{type(exc).__name__}: {exc}"}
-    return error_record(exc)
+async def _score_sources(
+    pipeline: Pipeline, sources: Iterator[Source], writer: ResultWriter, top_k: int, tta: bool, window: int, bar: tqdm
+) -> tuple[int, int]:
+    """Score ``sources`` with at most ``window`` images in flight, writing results in input order."""
+    scored = failed = 0
+    in_flight: deque[tuple[Source, asyncio.Task]] = deque()
+
+    def write_oldest() -> None:
+        nonlocal scored, failed
+        source, task = in_flight.popleft()
+        outcome = task.result()
+        error = error_record(outcome) if isinstance(outcome, BaseException) else None
+        writer.write(source, None if error else outcome, error)
+        failed += error is not None
+        scored += error is None
+        bar.set_postfix(failed=failed, refresh=False)
+        bar.update(1)
+
+    for source in sources:
+        in_flight.append((source, asyncio.create_task(_score_one(pipeline, source, top_k, tta))))
+        if len(in_flight) >= window:
+            await asyncio.wait([in_flight[0][1]])
+            write_oldest()
+    while in_flight:
+        await asyncio.wait([in_flight[0][1]])
+        write_oldest()
+    return scored, failed
 
 
 def score(
-    input_path: Path,
-    output: Path,
-    repository: Path,
-    top_k: int = 5,
-    tta: bool = True,
-    strategy: Strategy | None = None,
-    provider: ProviderPreference = "auto",
-    intra_op_threads: int = 0,
-    intra_op_spinning: bool = False,
-    batch_size: int = 32,
-    decode_workers: int = 2,
-    decode_timeout_s: float = 10.0,
-    max_image_pixels: int = 40_000_000,
-    progress: bool = True,
+    input_path: Path, output: Path, settings: Settings, top_k: int = 5, tta: bool = True, progress: bool = True
 ) -> ScoreSummary:
-    """Score every image of ``input_path`` into ``output`` (.csv or .jsonl), skipping those already there."""
+    """Score every image of ``input_path`` into ``output`` (.csv or .jsonl), skipping those already there.
+
+    ``settings`` are the service's: repository, providers and threads, decode workers and limits, and
+    ``max_batch_size`` (images per ensemble run).
+    """
     started = time.perf_counter()
-    ensemble = Ensemble.load(repository, provider, intra_op_threads, spinning=intra_op_spinning)
-    strategy = strategy or ensemble.strategy
+    ensemble = Ensemble.from_settings(settings)
     top_k = min(top_k, ensemble.num_classes)
-    plan = ensemble.crop_plan(tta)
-    scored = failed = skipped = 0
-    with (
-        ResultWriter(output) as writer,
-        DecodePool(decode_workers, decode_timeout_s) as pool,
-        ThreadPoolExecutor(decode_workers) as threads,
-    ):
-        total = sum(1 for _ in iter_sources(input_path))
+    window = min(2 * settings.max_batch_size, settings.queue_limit)
+    with ResultWriter(output) as writer:
+        total = skipped = 0
+        for source in iter_sources(input_path):
+            total += 1
+            skipped += source.key in writer.done
+        todo = (source for source in iter_sources(input_path) if source.key not in writer.done)
 
-        def todo() -> Iterator[Source]:
-            nonlocal skipped
-            for source in iter_sources(input_path):
-                if source.key in writer.done:
-                    skipped += 1
-                else:
-                    yield source
+        async def run() -> tuple[int, int]:
+            async with Pipeline(ensemble, settings, ServingMetrics()) as pipeline:
+                with tqdm(total=total, initial=skipped, unit="img", desc="scoring", disable=not progress) as bar:
+                    return await _score_sources(pipeline, todo, writer, top_k, tta, window, bar)
 
-        def submit(chunk: list[Source]) -> list[Future]:
-            return [threads.submit(_decode, pool, source, plan, max_image_pixels) for source in chunk]
-
-        with tqdm(total=total, unit="img", desc="scoring", disable=not progress) as bar:
-            chunks = _chunks(todo(), batch_size)
-            chunk = next(chunks, None)
-            futures = submit(chunk) if chunk else []
-            while chunk:
-                following = next(chunks, None)
-                following_futures = submit(following) if following else []  # decoded while this chunk runs
-                outcomes = [future.result() for future in futures]
-                predictions = _predict(ensemble, outcomes, top_k, tta, strategy)
-                for source, outcome, prediction in zip(chunk, outcomes, predictions):
-                    error = _error_record(outcome) if isinstance(outcome, BaseException) else None
-                    writer.write(source, prediction, error)
-                    failed += error is not None
-                    scored += error is None
-                bar.set_postfix(failed=failed, skipped=skipped, refresh=False)
-                bar.update(skipped + scored + failed - bar.n)
-                chunk, futures = following, following_futures
-            bar.update(skipped + scored + failed - bar.n)
+        scored, failed = asyncio.run(run())
     summary = ScoreSummary(scored, failed, skipped, time.perf_counter() - started)
     log.info(
         "scored %d, failed %d, skipped %d (already in %s) in %.1f s", scored, failed, skipped, output, summary.seconds
@@ -247,53 +236,18 @@ def score(
     return summary
 
 
-def _predict(
-    ensemble: Ensemble, outcomes: Sequence[DecodedCrops | BaseException], top_k: int, tta: bool, strategy: Strategy
-) -> list[Prediction | None]:
-    """One ensemble run over the chunk's decoded images; None where decoding failed."""
-    good = [index for index, outcome in enumerate(outcomes) if isinstance(outcome, DecodedCrops)]
-    predictions: list[Prediction | None] = [None] * len(outcomes)
-    if not good:
-        return predictions
-    run_started = time.perf_counter()
-    probs = ensemble.member_probabilities([outcomes[index].crops for index in good], tta)  # type: ignore[union-attr]
-    rankings = rank(probs, top_k, strategy)
-    run_ms = (time.perf_counter() - run_started) * 1000
-    for position, index in enumerate(good):
-        decoded: DecodedCrops = outcomes[index]  # type: ignore[assignment]
-        timings = Timings(decode_ms=decoded.seconds * 1000, queue_ms=0.0, inference_ms=run_ms, total_ms=run_ms)
-        result = InferenceResult(probs[:, position], rankings[position])
-        predictions[index] = encode_prediction(ensemble, result, strategy, tta, len(good), timings)
-    return predictions
-
-
 def score_command(args) -> int:
     """``productrec score``: settings from the environment and the options, then ``score``."""
     from app.cli import CommandError
     from app.cli_commands import settings_from_args
 
-    settings = settings_from_args(args)
     if not args.input.exists():
         raise CommandError(f"{args.input}: no such folder or manifest")
     if args.top_k < 1 or args.batch_size < 1:
         raise CommandError("--top-k and --batch-size must be at least 1")
+    settings = settings_from_args(args, max_batch_size=args.batch_size)
     try:
-        summary = score(
-            args.input,
-            args.out,
-            settings.repository,
-            top_k=args.top_k,
-            tta=args.tta,
-            strategy=settings.strategy,
-            provider=settings.provider,
-            intra_op_threads=settings.intra_op_threads,
-            intra_op_spinning=settings.intra_op_spinning,
-            batch_size=args.batch_size,
-            decode_workers=settings.decode_workers,
-            decode_timeout_s=settings.decode_timeout_s,
-            max_image_pixels=settings.max_image_pixels,
-            progress=not args.no_progress,
-        )
+        summary = score(args.input, args.out, settings, top_k=args.top_k, tta=args.tta, progress=not args.no_progress)
     except (RepositoryError, ValueError) as exc:
         raise CommandError(str(exc)) from exc
     print(

@@ -62,7 +62,6 @@ from app.contract.ranking import crop_average_probabilities, rank  # noqa: E402
 from app.engine.ensemble import Ensemble  # noqa: E402
 from app.contract.manifest import ENSEMBLE_FILE  # noqa: E402
 from app.contract.preprocess import PreprocessConfig, decode_crops  # noqa: E402
-from app.engine.pipeline import load_ensemble  # noqa: E402
 from training.data import load_fashion_mnist  # noqa: E402
 
 TARGET_RATIO = 0.85
@@ -514,7 +513,7 @@ def session_options_check(
         for name in order:
             intra, spinning = variants[name]
             options = {"intra_op_threads": intra, "intra_op_spinning": spinning}
-            ensemble = load_ensemble(settings.model_copy(update=options))
+            ensemble = Ensemble.from_settings(settings.model_copy(update=options))
             ensemble.member_probabilities(images, limit.tta)  # warm-up
             for _ in range(repeats):
                 started = time.perf_counter()
@@ -967,7 +966,7 @@ def run_case(case: Case, args: argparse.Namespace, overrides: dict[str, str], sc
     batch_points = {c: requests.get(c, case.requests[max(case.requests)]) for c in case.batch_endpoint_concurrency}
     settings, _ = settings_for(repository, overrides)
     tqdm.write(f"[{case.name}] loading the reference ensemble (the service's session options)")
-    limit = Limit(load_ensemble(settings), photos, settings)
+    limit = Limit(Ensemble.from_settings(settings), photos, settings)
     points, profile = [], None
     total = case.check_batch * case.check_repeats * case.check_passes * len(session_variants(settings))
     per_image = 1 + LIMIT_REPLAYS  # end-to-end, then the limit's replays

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from app.contract.manifest import load_ensemble
+from app.contract.manifest import read_repository
 
 TIMEOUT_S = 60.0
 NOT_AN_IMAGE = b"this is not an image\n"
@@ -71,7 +71,7 @@ def check_prediction(prediction: dict[str, Any], labels: list[str], members: int
 
 def check_service(base_url: str, repository: Path, images: list[Path]) -> list[str]:
     """Run every check; returns one line per image saying what the service answered."""
-    spec, loaded = load_ensemble(repository)
+    spec, loaded = read_repository(repository)
     labels = loaded[0].manifest.labels
     members = len(loaded)
     top_k = min(3, len(labels))

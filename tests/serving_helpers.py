@@ -15,7 +15,9 @@ import numpy as np
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from app.contract.preprocess import decode_image, widest_in_chans
 from app.core.config import Settings
+from app.engine.ensemble import Ensemble
 from app.main import create_app
 
 FAST_SETTINGS: dict[str, Any] = {"decode_workers": 2, "max_queue_delay_ms": 2.0, "intra_op_threads": 1}
@@ -79,6 +81,8 @@ def metric(text: str, name: str, **labels: str) -> float:
         if not match or match["name"] != name:
             continue
         found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match["labels"] or ""))
+        if "le" in found and "le" in labels:  # bucket bounds compare as numbers ("1" is "1.0")
+            found["le"], labels = str(float(found["le"])), {**labels, "le": str(float(labels["le"]))}
         if found == {key: str(value) for key, value in labels.items()}:
             return float(match["value"])
     return 0.0
@@ -97,3 +101,16 @@ def assert_same_ranking(labels: list[dict], indices, scores, votes, tolerance: f
         if label["index"] != indices[position]:
             neighbours = scores[max(0, position - 1) : position + 2]
             assert np.ptp(neighbours) < 2 * tolerance, f"labels differ at rank {position}: {labels} vs {indices}"
+
+
+def evaluate_repository(
+    repository: Path, images: list[bytes | Image.Image], tta: bool = True, top_k: int = 5
+) -> tuple[np.ndarray, list]:
+    """``[M, B, K]`` member probabilities and the rankings of the service's engine, without the service.
+
+    Encoded images are decoded once in the widest channel mode any member needs, as the decode workers do.
+    """
+    ensemble = Ensemble.load(Path(repository), "cpu")
+    in_chans = widest_in_chans(ensemble.crop_plan(tta=True))
+    decoded = [decode_image(image, in_chans, 10**9) if isinstance(image, bytes) else image for image in images]
+    return ensemble.predict(decoded, top_k=top_k, tta=tta)

@@ -6,9 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from serving_helpers import assert_same_ranking, metric, serving
-
-from training.evaluate import evaluate_repository
+from serving_helpers import assert_same_ranking, evaluate_repository, metric, serving
 
 N_IMAGES = 20
 

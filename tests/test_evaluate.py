@@ -11,12 +11,10 @@ import pytest
 from app.cli import main as cli_main
 from app.contract.ranking import predict_top1, rank
 from app.engine.ensemble import Ensemble
-from app.contract.preprocess import decode_image
 from training.evaluate import (
     TTA,
     class_groups,
     evaluate_ensemble,
-    evaluate_repository,
     load_runs_ensemble,
     memorisation,
     per_class_accuracy,
@@ -69,21 +67,6 @@ def test_pytorch_runs_and_onnx_repository_evaluate_identically(repository_report
         assert runs_report["members"][name]["top1_error"] == repository_report["members"][name]["top1_error"]
         assert runs_report["members"][name]["memorisation"] == repository_report["members"][name]["memorisation"]
     assert runs_report["ensemble"]["top1_error"] == repository_report["ensemble"]["top1_error"]
-
-
-def test_evaluate_repository_is_the_service_engine(trained_repository: Path, fmnist_test_images) -> None:
-    probs, rankings = evaluate_repository(trained_repository, fmnist_test_images.images, tta=True, top_k=3)
-    assert probs.shape == (3, len(fmnist_test_images.images), 10)
-    assert np.allclose(probs.sum(axis=2), 1, atol=1e-5)
-    assert [ranking.indices[0] for ranking in rankings] == predict_top1(probs, "vote").tolist()
-    assert all(len(ranking.indices) == 3 for ranking in rankings)
-
-    images = [decode_image(data, 1, 10_000) for data in fmnist_test_images.images]
-    expected, _ = Ensemble.load(trained_repository, "cpu").predict(images, top_k=3, tta=True)
-    assert np.array_equal(probs, expected)
-    single, _ = evaluate_repository(trained_repository, images, tta=False)
-    assert not np.allclose(single, probs)
-    assert [r.indices.tolist() for r in rank(probs, 3, "vote")] == [r.indices.tolist() for r in rankings]
 
 
 def test_evaluate_command_on_a_repository(trained_repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,7 +14,7 @@ import torch
 
 from app.cli import main as cli_main
 from app.engine.ensemble import Ensemble
-from app.contract.manifest import ENSEMBLE_FILE, INPUT_NAME, OUTPUT_NAME, load_ensemble, load_manifest, member_dir, sha256_file
+from app.contract.manifest import ENSEMBLE_FILE, INPUT_NAME, OUTPUT_NAME, read_repository, load_manifest, member_dir, sha256_file
 from app.contract.preprocess import tta_crops
 from training.config import ConfigError, DataConfig
 from training.data import build_splits
@@ -82,7 +82,7 @@ def test_versions_are_never_overwritten_and_the_ensemble_keeps_one_entry_per_nam
         export_run(folder_run, repository, name="stripes", version="1", check_images=2)
     assert export_run(folder_run, repository, name="stripes", ensemble=True, check_images=2).version == "2"
     assert export_run(folder_run, repository, name="stripes-b", ensemble=True, check_images=2).version == "1"
-    spec, members = load_ensemble(repository)
+    spec, members = read_repository(repository)
     assert [(m.name, m.version) for m in spec.members] == [("stripes", "2"), ("stripes-b", "1")]
     assert len(members) == 2
 
@@ -92,7 +92,7 @@ def test_an_ensemble_member_must_share_the_label_space(folder_run: Path, trained
     shutil.copytree(trained_repository, repository)
     with pytest.raises(ConfigError, match="label space"):
         export_run(folder_run, repository, name="stripes", ensemble=True, check_images=2)
-    assert [m.name for m in load_ensemble(repository)[0].members] == ["resnet10t", "seresnet18", "resnest14d"]
+    assert [m.name for m in read_repository(repository)[0].members] == ["resnet10t", "seresnet18", "resnest14d"]
 
 
 def test_nothing_is_written_when_parity_fails(folder_run: Path, tmp_path: Path) -> None:
@@ -106,7 +106,7 @@ def test_nothing_is_written_when_parity_fails(folder_run: Path, tmp_path: Path) 
 def test_fashion_mnist_repository_is_valid_and_matches_pytorch(
     trained_repository: Path, trained_runs: dict[str, Path], fmnist_test_images
 ) -> None:
-    spec, members = load_ensemble(trained_repository)
+    spec, members = read_repository(trained_repository)
     assert [m.name for m in spec.members] == ["resnet10t", "seresnet18", "resnest14d"] and spec.strategy == "vote"
     for member in members:
         manifest = member.manifest

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from serving_helpers import settings_for
 
 from app.cli import main
 from app.engine.ensemble import Ensemble
@@ -43,7 +44,8 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def run(folder: Path, out: Path, repository: Path, **options) -> tuple:
-    return score(folder, out, repository, decode_workers=1, progress=False, **{"top_k": 3, "batch_size": 4, **options})
+    settings = settings_for(repository, decode_workers=1, max_batch_size=4)
+    return score(folder, out, settings, progress=False, **{"top_k": 3, **options})
 
 
 def test_folder_to_csv_matches_the_engine_and_records_errors(folder, trained_repository, engine, tmp_path) -> None:

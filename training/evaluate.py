@@ -23,12 +23,12 @@ from torch import nn
 from tqdm import tqdm
 
 from app.cli import CommandError
-from app.contract.ranking import Ranking, predict_top1
-from app.engine.ensemble import Ensemble, ProviderPreference
+from app.contract.ranking import predict_top1
+from app.engine.ensemble import Ensemble
 from app.contract.manifest import EnsembleSpec, MemberRef, ModelManifest, sha256_file, write_json
 from app.contract.preprocess import tta_crops
 from training.config import DataConfig, user_errors
-from training.data import DEFAULT_MAX_PIXELS, BadImageError, ImageSet, Splits, build_splits
+from training.data import BadImageError, ImageSet, Splits, build_splits
 from training.export import run_manifest
 from training.plots import plot_per_class_accuracy
 from training.runs import BEST_CHECKPOINT, TEST_METRICS_FILE, TrainedRun, load_run
@@ -42,11 +42,15 @@ GROUP_NAMES = ("head", "middle", "tail")
 
 @dataclass
 class TorchMember:
-    """A run's best model behind ``app.engine.ensemble.Member``'s interface, so ``Ensemble`` can drive it."""
+    """A run's best model as an ``app.engine.ensemble.Member``, so the service's ``Ensemble`` drives it."""
 
     manifest: ModelManifest
     model: nn.Module
     device: torch.device
+
+    @property
+    def providers(self) -> list[str]:
+        return [f"torch:{self.device.type}"]
 
     def logits(self, crops: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -63,30 +67,12 @@ def load_runs_ensemble(run_dirs: Sequence[Path], device: str = "auto") -> tuple[
             raise ValueError(f"{run.run_dir}: labels differ from {runs[0].run_dir}'s; an ensemble needs one label space")
         members.append(TorchMember(run_manifest(run, _member_name(run, index, runs), "run"), run.model, torch_device))
     spec = EnsembleSpec("runs", [MemberRef(member.manifest.name, "run") for member in members], "vote")
-    return Ensemble(spec, members), runs  # type: ignore[arg-type]  # duck-typed members
+    return Ensemble(spec, members), runs
 
 
 def _member_name(run: TrainedRun, index: int, runs: Sequence[TrainedRun]) -> str:
     names = [other.run_dir.name for other in runs]
     return run.run_dir.name if names.count(run.run_dir.name) == 1 else f"{run.run_dir.name}#{index}"
-
-
-def evaluate_repository(
-    repository: Path,
-    images: Sequence[bytes | Image.Image],
-    tta: bool = True,
-    top_k: int = 5,
-    provider: ProviderPreference = "cpu",
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> tuple[np.ndarray, list[Ranking]]:
-    """``[M, B, K]`` member probabilities and the rankings the service would return for ``images``.
-
-    A thin wrapper over ``app.engine.ensemble.Ensemble``: encoded images are decoded by
-    ``Ensemble.decode``, as the service's decode workers do.
-    """
-    ensemble = Ensemble.load(Path(repository), provider)
-    decoded = [ensemble.decode(image, max_pixels) if isinstance(image, bytes) else image for image in images]
-    return ensemble.predict(decoded, top_k=top_k, tta=tta)
 
 
 # --------------------------------------------------------------------------- predictions

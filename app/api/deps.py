@@ -15,7 +15,7 @@ from fastapi.security import APIKeyHeader
 from app.api.errors import ApiError
 from app.core.config import Settings
 from app.engine.metrics import ServingMetrics
-from app.engine.pipeline import PredictionService
+from app.engine.pipeline import Pipeline
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -27,18 +27,18 @@ async def get_metrics(request: Request) -> ServingMetrics:
     return request.app.state.metrics
 
 
-async def get_service(request: Request) -> PredictionService:
-    """The loaded service, or 503 with the reason it is not ready."""
-    service = request.app.state.service
-    if service is None:
+async def get_pipeline(request: Request) -> Pipeline:
+    """The loaded pipeline, or 503 with the reason the service is not ready."""
+    pipeline = request.app.state.pipeline
+    if pipeline is None:
         reason = request.app.state.load_error or "the model repository is still loading"
         raise ApiError(503, "not_ready", reason, {"Retry-After": str(request.app.state.settings.retry_after_s)})
-    return service
+    return pipeline
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 MetricsDep = Annotated[ServingMetrics, Depends(get_metrics)]
-ServiceDep = Annotated[PredictionService, Depends(get_service)]
+PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
 
 api_key_header = APIKeyHeader(
     name="X-API-Key", auto_error=False, description="Required when the service has PRODUCTREC_API_KEY set."

@@ -65,7 +65,7 @@ def error_response(request: Request, error: ApiError) -> JSONResponse:
 
 def record_error(request: Request, error: ApiError) -> None:
     """Count an error answer (or a batch item's error) by endpoint, status and code."""
-    request.app.state.metrics.errors.inc(endpoint_label(request.scope), str(error.status), error.error)
+    request.app.state.metrics.errors.labels(endpoint_label(request.scope), str(error.status), error.error).inc()
 
 
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:

@@ -39,5 +39,5 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_with_status)
         finally:
             endpoint = endpoint_label(scope)
-            self.metrics.requests.inc(endpoint, scope["method"], str(status))
-            self.metrics.latency.observe(time.perf_counter() - started, endpoint)
+            self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)

@@ -1,4 +1,7 @@
-"""Request and response schemas of the HTTP API (pydantic), documented in the OpenAPI spec."""
+"""Request and response schemas of the HTTP API (pydantic), documented in the OpenAPI spec.
+
+Results are validated from the pipeline's domain dataclasses (``app.engine.pipeline.ImageResult``) by attribute.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ class ErrorResponse(BaseModel):
 class LabelScore(BaseModel):
     """One ranked label of the ensemble."""
 
+    model_config = ConfigDict(from_attributes=True)
+
     index: int = Field(description="Class index in the model's output.", examples=[3])
     label: str = Field(description="Product id / name from the manifest.", examples=["Dress"])
     score: float = Field(
@@ -28,6 +33,8 @@ class LabelScore(BaseModel):
 class MemberTop1(BaseModel):
     """One member's own top-1."""
 
+    model_config = ConfigDict(from_attributes=True)
+
     name: str = Field(examples=["resnet"])
     version: str = Field(examples=["1"])
     index: int = Field(examples=[3])
@@ -37,6 +44,8 @@ class MemberTop1(BaseModel):
 
 class Timings(BaseModel):
     """Where the time of one image went, in milliseconds."""
+
+    model_config = ConfigDict(from_attributes=True)
 
     decode_ms: float = Field(description="Decoding and TTA crops, in the decode worker.")
     queue_ms: float = Field(description="From the crops being ready to the start of their batch.")
@@ -48,6 +57,7 @@ class Prediction(BaseModel):
     """The ensemble's answer for one image."""
 
     model_config = ConfigDict(
+        from_attributes=True,
         json_schema_extra={
             "examples": [
                 {

@@ -209,7 +209,7 @@ def read_ensemble_spec(repository: Path) -> EnsembleSpec:
         raise RepositoryError(f"{path}: invalid ensemble file: {exc}") from exc
 
 
-def load_ensemble(repository: Path, verify: bool = True) -> tuple[EnsembleSpec, list[LoadedMember]]:
+def read_repository(repository: Path, verify: bool = True) -> tuple[EnsembleSpec, list[LoadedMember]]:
     """Read ``ensemble.json`` and every member; raise ``RepositoryError`` naming the bad file."""
     repository = Path(repository)
     spec = read_ensemble_spec(repository)

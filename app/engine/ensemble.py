@@ -11,15 +11,18 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Protocol, Sequence
 
 import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
 from app.contract.ranking import Ranking, Strategy, crop_average_probabilities, rank
-from app.contract.manifest import EnsembleSpec, LoadedMember, ModelManifest, RepositoryError, load_ensemble
-from app.contract.preprocess import CropPlan, PreprocessConfig, crops_for_plan, decode_image, widest_in_chans
+from app.contract.manifest import EnsembleSpec, LoadedMember, ModelManifest, RepositoryError, read_repository
+from app.contract.preprocess import CropPlan, PreprocessConfig, crops_for_plan
+
+if TYPE_CHECKING:
+    from app.core.config import Settings
 
 log = logging.getLogger("productrec.inference")
 
@@ -79,14 +82,25 @@ def create_session(
 
 def require_cuda(repository: Path) -> None:
     """Raise ``ProviderUnavailableError`` unless onnxruntime really runs the first member on CUDA."""
-    _, members = load_ensemble(Path(repository), verify=False)
+    _, members = read_repository(Path(repository), verify=False)
     session = create_session(members[0].onnx_path, "cuda")
     del session
 
 
+class Member(Protocol):
+    """What the ensemble needs of a member: its manifest, its logits, and where it runs."""
+
+    manifest: ModelManifest
+
+    @property
+    def providers(self) -> list[str]: ...
+
+    def logits(self, crops: np.ndarray) -> np.ndarray: ...
+
+
 @dataclass
-class Member:
-    """One loaded ensemble member."""
+class OnnxMember:
+    """One member on an onnxruntime session."""
 
     manifest: ModelManifest
     session: ort.InferenceSession
@@ -132,10 +146,21 @@ class Ensemble:
         spinning: bool = True,
     ) -> "Ensemble":
         """Load and verify every member of ``repository/ensemble.json`` (session options as ``create_session``)."""
-        spec, loaded = load_ensemble(Path(repository))
+        spec, loaded = read_repository(Path(repository))
         return cls(
             spec,
             [_session_for(member, preference, intra_op_threads, inter_op_threads, spinning) for member in loaded],
+        )
+
+    @classmethod
+    def from_settings(cls, settings: "Settings") -> "Ensemble":
+        """The ensemble of ``settings.repository`` with the service's session options (threads, spinning)."""
+        return cls.load(
+            settings.repository,
+            settings.provider,
+            settings.intra_op_threads,
+            settings.inter_op_threads,
+            spinning=settings.intra_op_spinning,
         )
 
     @property
@@ -149,10 +174,6 @@ class Ensemble:
     def crop_plan(self, tta: bool) -> CropPlan:
         """What ``preprocess`` computes, as picklable (config, sizes) pairs (for decode workers)."""
         return [(group.config, group.sizes) for group in self.crop_groups(tta)]
-
-    def decode(self, data: bytes, max_pixels: int) -> Image.Image:
-        """Decode bytes once, in the widest channel mode any member needs (as the decode workers do)."""
-        return decode_image(data, widest_in_chans(self.crop_plan(True)), max_pixels)
 
     def preprocess(self, image: Image.Image, tta: bool) -> list[np.ndarray]:
         """Crops of one decoded image, one ``[n_sizes, C, H, W]`` array per crop group."""
@@ -206,7 +227,7 @@ def _session_for(
 ) -> Member:
     session = create_session(member.onnx_path, preference, intra, inter, spinning)
     _check_signature(member, session)
-    return Member(member.manifest, session)
+    return OnnxMember(member.manifest, session)
 
 
 def _check_signature(member: LoadedMember, session: ort.InferenceSession) -> None:

@@ -1,10 +1,15 @@
-"""The serving pipeline, LitServe-style: decode -> batch -> predict -> unbatch -> encode.
+"""The one prediction pipeline, LitServe-style: decode -> batch -> predict -> rank -> result.
 
 decode: bytes -> TTA crops in a decode worker process (time-limited);
-batch: the crops of concurrent requests are queued in the dynamic batcher;
+batch: the crops of concurrent images are queued in the dynamic batcher;
 predict: one ``Ensemble.member_probabilities`` call per batch on the inference
-thread, then ``app.contract.ranking.rank``; unbatch: each request gets its own rows;
-encode: a ``Prediction`` schema. Admission is bounded by ``queue_limit`` images.
+thread, then ``app.contract.ranking.rank``; unbatch: each image gets its own rows;
+result: an ``ImageResult`` in domain terms (no HTTP schema).
+
+Every front end is a thin layer over ``Pipeline.predict``: the HTTP service
+(``app.api``) encodes results as JSON, ``productrec score`` writes them to CSV or
+JSONL. Failures are ``DomainError``s that carry their own status and code.
+Admission is bounded by ``queue_limit`` images.
 """
 
 from __future__ import annotations
@@ -19,32 +24,64 @@ from typing import Sequence
 import numpy as np
 
 from app.contract.errors import DomainError
-from app.core.config import Settings
 from app.contract.ranking import Ranking, Strategy, rank
-from app.engine.ensemble import Ensemble
-from app.api.schemas import LabelScore, MemberTop1, Prediction, Timings
-from app.engine.batcher import Batched, DynamicBatcher
+from app.core.config import Settings
+from app.engine.batcher import DynamicBatcher
 from app.engine.decode_pool import DecodePool, DecodeTimeoutError
+from app.engine.ensemble import Ensemble
 from app.engine.metrics import ServingMetrics
 
-log = logging.getLogger("productrec.service")
-
-
-def load_ensemble(settings: Settings) -> Ensemble:
-    """The ensemble of ``settings.repository`` with the service's session options (threads, spinning)."""
-    return Ensemble.load(
-        settings.repository,
-        settings.provider,
-        settings.intra_op_threads,
-        settings.inter_op_threads,
-        spinning=settings.intra_op_spinning,
-    )
+log = logging.getLogger("productrec.pipeline")
 
 
 class ServiceOverloadedError(DomainError):
     """More images in flight than ``queue_limit`` allows (retry later)."""
 
     status, code, retry = 503, "overloaded", True
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    """One ranked label: mean member probability and member top-1 votes."""
+
+    index: int
+    label: str
+    score: float
+    votes: int
+
+
+@dataclass(frozen=True)
+class MemberTop1:
+    """One member's own top-1."""
+
+    name: str
+    version: str
+    index: int
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Where the time of one image went, in milliseconds."""
+
+    decode_ms: float
+    queue_ms: float
+    inference_ms: float
+    total_ms: float
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """The ensemble's answer for one image."""
+
+    labels: list[LabelScore]
+    members: list[MemberTop1]
+    ensemble: str
+    strategy: str
+    tta: bool
+    batch_size: int
+    timings: Timings
 
 
 @dataclass(frozen=True)
@@ -62,8 +99,8 @@ class InferenceResult:
     ranking: Ranking
 
 
-class PredictionService:
-    """The loaded ensemble behind a decode pool and a dynamic batcher."""
+class Pipeline:
+    """A loaded ensemble behind a decode pool and a dynamic batcher."""
 
     def __init__(self, ensemble: Ensemble, settings: Settings, metrics: ServingMetrics) -> None:
         self.ensemble = ensemble
@@ -82,7 +119,7 @@ class PredictionService:
             DecodePool, settings.decode_workers, settings.decode_timeout_s, self.metrics.decode_worker_restarts.inc
         )
         self.batcher = DynamicBatcher(
-            self._process,
+            self.infer,
             settings.max_batch_size,
             settings.max_queue_delay_ms / 1000.0,
             settings.queue_limit,
@@ -106,12 +143,19 @@ class PredictionService:
         if self.pool is not None:
             await asyncio.to_thread(self.pool.close)
 
+    async def __aenter__(self) -> "Pipeline":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
     @property
     def queue_depth(self) -> int:
         return self.batcher.queue_depth if self.batcher else 0
 
-    async def predict(self, images: Sequence[bytes], top_k: int, tta: bool) -> list[Prediction | BaseException]:
-        """One outcome per image, in order: its prediction, or the exception that refused it."""
+    async def predict(self, images: Sequence[bytes], top_k: int, tta: bool) -> list[ImageResult | BaseException]:
+        """One outcome per image, in order: its result, or the exception that refused it."""
         count = len(images)
         if self.in_flight + count > self.settings.queue_limit:
             raise ServiceOverloadedError(
@@ -119,6 +163,7 @@ class PredictionService:
                 f"the queue limit of {self.settings.queue_limit}"
             )
         self.in_flight += count
+        self.metrics.in_flight.inc(count)
         started = time.perf_counter()
         try:
             return await asyncio.gather(
@@ -126,9 +171,10 @@ class PredictionService:
             )
         finally:
             self.in_flight -= count
+            self.metrics.in_flight.dec(count)
 
-    async def _predict_one(self, data: bytes, top_k: int, tta: bool, started: float) -> Prediction:
-        assert self.pool is not None and self.batcher is not None, "start() the service first"
+    async def _predict_one(self, data: bytes, top_k: int, tta: bool, started: float) -> ImageResult:
+        assert self.pool is not None and self.batcher is not None, "start() the pipeline first"
         self.decoding += 1
         try:
             decoded = await self.pool.decode_async(data, self.ensemble.crop_plan(tta), self.settings.max_image_pixels)
@@ -140,11 +186,18 @@ class PredictionService:
         self.metrics.decode.observe(decoded.seconds)
         batched = await self.batcher.submit(InferenceRequest(decoded.crops, tta, top_k))
         self.metrics.queue_wait.observe(batched.queue_wait_s)
-        self.metrics.images.inc(str(tta).lower())
-        return self.encode(batched, tta, decoded.seconds, started)
+        self.metrics.images.labels(tta=str(tta).lower()).inc()
+        timings = Timings(
+            decode_ms=decoded.seconds * 1000,
+            queue_ms=batched.queue_wait_s * 1000,
+            inference_ms=batched.run_s * 1000,
+            total_ms=(time.perf_counter() - started) * 1000,
+        )
+        return self.result(batched.result, tta, batched.batch_size, timings)
 
-    def _process(self, requests: list[InferenceRequest]) -> list[InferenceResult]:
-        """predict + unbatch, on the inference thread: one member run per TTA setting in the batch."""
+    def infer(self, requests: list[InferenceRequest]) -> list[InferenceResult]:
+        """predict + rank + unbatch, on the inference thread: one member run per TTA setting in the batch."""
+        self.metrics.queue_depth.set(self.queue_depth)
         results: list[InferenceResult | None] = [None] * len(requests)
         by_tta: dict[bool, list[int]] = defaultdict(list)
         for index, request in enumerate(requests):
@@ -153,7 +206,7 @@ class PredictionService:
             timings: dict[str, float] = {}
             probs = self.ensemble.member_probabilities([requests[i].crops for i in indices], tta, timings)
             for member, seconds in timings.items():
-                self.metrics.member_inference.observe(seconds, member)
+                self.metrics.member_inference.labels(member=member).observe(seconds)
             by_top_k: dict[int, list[int]] = defaultdict(list)
             for position, index in enumerate(indices):
                 by_top_k[requests[index].top_k].append(position)
@@ -162,55 +215,24 @@ class PredictionService:
                     results[indices[position]] = InferenceResult(probs[:, position], ranking)
         return results  # type: ignore[return-value]
 
-    def encode(self, batched: Batched[InferenceResult], tta: bool, decode_s: float, started: float) -> Prediction:
-        """The response schema for one image."""
-        return encode_prediction(
-            self.ensemble,
-            batched.result,
-            self.strategy,
-            tta,
-            batch_size=batched.batch_size,
-            timings=Timings(
-                decode_ms=decode_s * 1000,
-                queue_ms=batched.queue_wait_s * 1000,
-                inference_ms=batched.run_s * 1000,
-                total_ms=(time.perf_counter() - started) * 1000,
-            ),
+    def result(self, inference: InferenceResult, tta: bool, batch_size: int, timings: Timings) -> ImageResult:
+        """Top-k labels with scores and votes, plus each member's top-1."""
+        labels = self.ensemble.labels
+        ranking = inference.ranking
+        members = []
+        for member, probs in zip(self.ensemble.members, inference.member_probs):
+            top1 = int(probs.argmax())
+            manifest = member.manifest
+            members.append(MemberTop1(manifest.name, str(manifest.version), top1, labels[top1], float(probs[top1])))
+        return ImageResult(
+            labels=[
+                LabelScore(int(index), labels[int(index)], float(score), int(votes))
+                for index, score, votes in zip(ranking.indices, ranking.scores, ranking.votes)
+            ],
+            members=members,
+            ensemble=self.ensemble.spec.name,
+            strategy=self.strategy,
+            tta=tta,
+            batch_size=batch_size,
+            timings=timings,
         )
-
-
-def encode_prediction(
-    ensemble: Ensemble,
-    result: InferenceResult,
-    strategy: str,
-    tta: bool,
-    batch_size: int,
-    timings: Timings,
-) -> Prediction:
-    """Top-k labels with scores and votes, plus each member's top-1."""
-    labels = ensemble.labels
-    ranking = result.ranking
-    members = []
-    for member, probs in zip(ensemble.members, result.member_probs):
-        top1 = int(probs.argmax())
-        members.append(
-            MemberTop1(
-                name=member.manifest.name,
-                version=str(member.manifest.version),
-                index=top1,
-                label=labels[top1],
-                score=float(probs[top1]),
-            )
-        )
-    return Prediction(
-        labels=[
-            LabelScore(index=int(index), label=labels[int(index)], score=float(score), votes=int(votes))
-            for index, score, votes in zip(ranking.indices, ranking.scores, ranking.votes)
-        ],
-        members=members,
-        ensemble=ensemble.spec.name,
-        strategy=strategy,
-        tta=tta,
-        batch_size=batch_size,
-        timings=timings,
-    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import ServiceDep
+from app.api.deps import PipelineDep
 from app.api.schemas import ErrorResponse, Health, Readiness
 
 router = APIRouter(tags=["health"])
@@ -21,5 +21,5 @@ async def healthz() -> Health:
     summary="Readiness: every ensemble member is loaded",
     responses={503: {"model": ErrorResponse, "description": "Not ready; detail names the missing or bad file."}},
 )
-async def readyz(service: ServiceDep) -> Readiness:
-    return Readiness(ready=True, members=len(service.ensemble.members))
+async def readyz(pipeline: PipelineDep) -> Readiness:
+    return Readiness(ready=True, members=len(pipeline.ensemble.members))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from app.api.deps import ServiceDep, SettingsDep, verify_api_key
+from app.api.deps import PipelineDep, SettingsDep, verify_api_key
 from app.api.schemas import ErrorResponse, MemberInfo, ModelsResponse
 
 router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(verify_api_key)])
@@ -17,8 +17,8 @@ router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(verify_a
     description="Members with versions, input sizes, TTA sizes and the onnxruntime providers really in use; labels.",
     responses={401: {"model": ErrorResponse}, 503: {"model": ErrorResponse, "description": "Not ready."}},
 )
-async def models(service: ServiceDep, settings: SettingsDep) -> ModelsResponse:
-    ensemble = service.ensemble
+async def models(pipeline: PipelineDep, settings: SettingsDep) -> ModelsResponse:
+    ensemble = pipeline.ensemble
     members = []
     for member in ensemble.members:
         manifest = member.manifest
@@ -40,7 +40,7 @@ async def models(service: ServiceDep, settings: SettingsDep) -> ModelsResponse:
         )
     return ModelsResponse(
         ensemble=ensemble.spec.name,
-        strategy=service.strategy,
+        strategy=pipeline.strategy,
         num_classes=ensemble.num_classes,
         labels=list(ensemble.labels),
         default_top_k=min(settings.default_top_k, ensemble.num_classes),

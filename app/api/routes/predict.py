@@ -8,12 +8,12 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import Field, TypeAdapter, ValidationError
 from starlette.datastructures import FormData
 
-from app.api.deps import ServiceDep, SettingsDep, verify_api_key
+from app.api.deps import PipelineDep, SettingsDep, verify_api_key
 from app.api.errors import ApiError, api_error_for, record_error
 from app.api.uploads import read_batch_images, read_single_image
 from app.core.config import Settings
 from app.api.schemas import BatchItem, BatchPrediction, ErrorResponse, Prediction
-from app.engine.pipeline import PredictionService
+from app.engine.pipeline import ImageResult, Pipeline
 
 router = APIRouter(prefix="/v1", tags=["predict"], dependencies=[Depends(verify_api_key)])
 
@@ -87,7 +87,7 @@ COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def _options(
-    service: PredictionService, settings: Settings, top_k: int | None, tta: bool | None, form: FormData | None
+    pipeline: Pipeline, settings: Settings, top_k: int | None, tta: bool | None, form: FormData | None
 ) -> tuple[int, bool]:
     """top_k and tta from the query, else the multipart fields, else the settings."""
     values: dict[str, Any] = {"top_k": top_k, "tta": tta}
@@ -97,7 +97,7 @@ def _options(
                 values[name] = adapter.validate_python(form[name])
             except ValidationError as exc:
                 raise ApiError(422, "invalid_request", f"{name}: {exc.errors()[0]['msg']}") from exc
-    num_classes = service.ensemble.num_classes
+    num_classes = pipeline.ensemble.num_classes
     resolved_top_k = values["top_k"] if values["top_k"] is not None else min(settings.default_top_k, num_classes)
     if not 1 <= resolved_top_k <= num_classes:
         raise ApiError(422, "invalid_request", f"top_k must be between 1 and {num_classes}, got {resolved_top_k}")
@@ -114,11 +114,11 @@ def _options(
     openapi_extra=PREDICT_BODY,
 )
 async def predict(
-    request: Request, service: ServiceDep, settings: SettingsDep, top_k: TopKQuery = None, tta: TtaQuery = None
-) -> Prediction:
+    request: Request, pipeline: PipelineDep, settings: SettingsDep, top_k: TopKQuery = None, tta: TtaQuery = None
+) -> ImageResult:
     upload, form = await read_single_image(request, settings)
-    resolved_top_k, resolved_tta = _options(service, settings, top_k, tta, form)
-    (outcome,) = await service.predict([upload.data], resolved_top_k, resolved_tta)
+    resolved_top_k, resolved_tta = _options(pipeline, settings, top_k, tta, form)
+    (outcome,) = await pipeline.predict([upload.data], resolved_top_k, resolved_tta)
     if isinstance(outcome, BaseException):
         raise api_error_for(outcome, settings.retry_after_s)
     return outcome
@@ -134,12 +134,12 @@ async def predict(
     openapi_extra=BATCH_BODY,
 )
 async def predict_batch(
-    request: Request, service: ServiceDep, settings: SettingsDep, top_k: TopKQuery = None, tta: TtaQuery = None
+    request: Request, pipeline: PipelineDep, settings: SettingsDep, top_k: TopKQuery = None, tta: TtaQuery = None
 ) -> BatchPrediction:
     uploads, form = await read_batch_images(request, settings)
-    resolved_top_k, resolved_tta = _options(service, settings, top_k, tta, form)
+    resolved_top_k, resolved_tta = _options(pipeline, settings, top_k, tta, form)
     readable = [upload.data for upload in uploads if upload.error is None]
-    outcomes = iter(await service.predict(readable, resolved_top_k, resolved_tta) if readable else [])
+    outcomes = iter(await pipeline.predict(readable, resolved_top_k, resolved_tta) if readable else [])
     items = []
     for index, upload in enumerate(uploads):
         outcome = upload.error or next(outcomes)
