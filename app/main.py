@@ -9,9 +9,10 @@ import asyncio
 import copy
 import logging
 import os
-from contextlib import asynccontextmanager
+import tempfile
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterator
 
 from fastapi import FastAPI
 
@@ -124,16 +125,35 @@ def serve_command(args) -> int:
         except ProviderUnavailableError as exc:
             log.critical("refusing to start: %s", exc)
             return EXIT_STARTUP_FAILED
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_level=args.log_level,
-        log_config=_log_config(args.log_level),
-    )
+    with _shared_metrics_dir(settings.workers):
+        uvicorn.run(
+            "app.main:create_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_level=args.log_level,
+            log_config=_log_config(args.log_level),
+        )
     return 0
+
+
+@contextmanager
+def _shared_metrics_dir(workers: int) -> Iterator[None]:
+    """With several workers, a fresh directory for prometheus_client's multiprocess mode (removed after).
+
+    Set before uvicorn starts the workers, which read it when they import prometheus_client; a directory the
+    environment already names (a process manager's) is used as it is.
+    """
+    if workers == 1 or os.environ.get(MULTIPROCESS_DIR_ENV):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="productrec-metrics-") as directory:
+        os.environ[MULTIPROCESS_DIR_ENV] = directory
+        try:
+            yield
+        finally:
+            del os.environ[MULTIPROCESS_DIR_ENV]
 
 
 def _log_config(level: str) -> dict:

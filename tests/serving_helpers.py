@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import io
+import os
 import re
+import signal
+import socket
 import struct
+import subprocess
+import sys
+import time
 import zlib
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
+import httpx
 import numpy as np
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -33,6 +40,36 @@ def serving(repository: Path, **overrides: Any) -> Iterator[TestClient]:
     """A TestClient with the lifespan run (ensemble loaded, workers started) and shut down after."""
     with TestClient(create_app(settings_for(repository, **overrides))) as client:
         yield client
+
+
+@contextmanager
+def productrec_serve(repository: Path, log_dir: Path, options: list[str], env: dict[str, str] | None = None) -> Iterator[str]:
+    """``productrec serve`` in a subprocess on a free port: yields its base URL once ready, stops it (SIGINT) after."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "app.cli", "serve", "--repository", str(repository), "--port", str(port)]
+    log_path = log_dir / "serve.log"
+    with open(log_path, "w+") as log:
+        server = subprocess.Popen(
+            [*command, "--log-level", "warning", *options], stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert server.poll() is None, f"productrec serve exited: {log_path.read_text()}"
+                try:
+                    if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, f"the service never became ready: {log_path.read_text()}"
+                time.sleep(0.2)
+            yield base
+        finally:
+            server.send_signal(signal.SIGINT)
+            assert server.wait(timeout=30) == 0, log_path.read_text()
 
 
 def encode(image: Image.Image, format: str = "PNG", **save_options: Any) -> bytes:

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import inspect
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
 import pytest
-from serving_helpers import assert_same_ranking, encode, metric, noise_image, serving
+from serving_helpers import assert_same_ranking, encode, metric, noise_image, productrec_serve, serving
 
 from app.engine.ensemble import Ensemble
 from app.contract.preprocess import decode_image
@@ -251,25 +247,8 @@ def test_api_key_guards_the_api_but_not_the_probes(trained_repository, images) -
 
 
 def test_productrec_serve_answers_a_real_http_client(trained_repository, images, tmp_path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "app.cli", "serve", "--repository", str(trained_repository)]
-    command += ["--port", str(port), "--decode-workers", "1", "--max-batch-items", "8", "--log-level", "warning"]
-    log = open(tmp_path / "serve.log", "w+")
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PRODUCTREC_TTA": "false"})
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, f"productrec serve exited: {(tmp_path / 'serve.log').read_text()}"
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the service never became ready"
-            time.sleep(0.2)
+    options = ["--decode-workers", "1", "--max-batch-items", "8"]
+    with productrec_serve(trained_repository, tmp_path, options, env={"PRODUCTREC_TTA": "false"}) as base:
         response = httpx.post(f"{base}/v1/predict", files={"file": ("item.png", images[0], "image/png")}, timeout=30)
         assert response.status_code == 200, response.text
         prediction = response.json()
@@ -277,10 +256,28 @@ def test_productrec_serve_answers_a_real_http_client(trained_repository, images,
         assert len(prediction["labels"]) == 5 and prediction["labels"][0]["label"]
         models = httpx.get(f"{base}/v1/models", timeout=10).json()
         assert models["tta_default"] is False and models["default_top_k"] == 5
-    finally:
-        server.send_signal(signal.SIGINT)
-        assert server.wait(timeout=30) == 0
-        log.close()
+
+
+def test_metrics_count_every_worker_with_two_workers(trained_repository, images, tmp_path) -> None:
+    """With --workers 2 each scrape reaches one worker, and must still count the requests both answered."""
+    requests, concurrency = 32, 8
+
+    def post_until_answered(index: int) -> None:
+        with httpx.Client(base_url=base, timeout=30) as client:  # its own connection: requests reach both workers
+            while (response := client.post("/v1/predict", content=images[index % len(images)],
+                                           headers={"Content-Type": "image/png"})).status_code == 503:
+                time.sleep(0.1)  # the other worker is still loading; 503s are counted apart
+            assert response.status_code == 200, response.text
+
+    with productrec_serve(trained_repository, tmp_path, ["--workers", "2", "--decode-workers", "1"]) as base:
+        with ThreadPoolExecutor(concurrency) as threads:
+            list(threads.map(post_until_answered, range(requests)))
+        scrapes = [httpx.get(f"{base}/metrics", headers={"Connection": "close"}).text for _ in range(8)]
+    for text in scrapes:
+        assert metric(text, "productrec_http_requests_total", endpoint="/v1/predict", method="POST", status="200") == requests
+        assert metric(text, "productrec_images_total", tta="true") == requests
+        assert metric(text, "productrec_ready") == 1
+        assert 'pid="' not in text, "multiprocess samples must be aggregated, not listed per worker"
 
 
 def test_every_dependency_runs_on_the_event_loop():
