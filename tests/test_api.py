@@ -33,7 +33,7 @@ def images(fmnist_test_images) -> list[bytes]:
 
 
 def expected(engine: Ensemble, data: bytes, top_k: int, tta: bool):
-    image = decode_image(data, max(m.manifest.in_chans for m in engine.members), 10**8)
+    image = decode_image(data, max(m.manifest.preprocess.in_chans for m in engine.members), 10**8)
     probs, (ranking,) = engine.predict([image], top_k=top_k, tta=tta)
     return probs[:, 0], ranking
 
@@ -58,8 +58,8 @@ def test_health_readiness_and_models(client, engine) -> None:
         (m.manifest.name, str(m.manifest.version)) for m in engine.members
     ]
     for info, member in zip(models["members"], engine.members):
-        assert info["input_size"] == member.manifest.input_size
-        assert info["tta_sizes"] == list(member.manifest.tta_sizes)
+        assert info["input_size"] == member.manifest.preprocess.input_size
+        assert info["tta_sizes"] == list(member.manifest.preprocess.tta_sizes)
         assert info["providers"] == ["CPUExecutionProvider"]
     assert len({m["architecture"] for m in models["members"]}) == len(engine.members)
 

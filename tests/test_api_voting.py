@@ -11,6 +11,7 @@ from serving_helpers import encode, noise_image, serving
 from torch import nn
 
 from app.contract.manifest import LossSpec, ModelManifest
+from app.contract.preprocess import PreprocessConfig
 from training.export import export_to_repository, write_default_ensemble
 
 LABELS = ["a", "b", "c", "d", "e"]
@@ -42,8 +43,8 @@ def constant_repository(repository: Path, member_probs: np.ndarray) -> Path:
     members = []
     for index, probs in enumerate(member_probs):
         manifest = ModelManifest(
-            name=f"constant{index}", version="1", architecture="constant", input_size=8, in_chans=1,
-            mean=[0.5], std=[0.25], interpolation="bilinear", tta_sizes=[8, 10], labels=LABELS,
+            name=f"constant{index}", version="1", architecture="constant",
+            preprocess=PreprocessConfig(input_size=8, in_chans=1, mean=(0.5,), std=(0.25,), tta_sizes=(8, 10)), labels=LABELS,
             class_counts=[], loss=LossSpec("ce"), sha256="", opset=0,
         )  # fmt: skip
         check_batch = np.random.default_rng(index).normal(size=(2, 1, 8, 8)).astype(np.float32)

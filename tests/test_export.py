@@ -46,13 +46,14 @@ def test_train_evaluate_export_on_generated_images(folder_run: Path, tmp_path: P
     assert "max |logit difference|" in capsys.readouterr().out
     directory = member_dir(repository, "stripes", "1")
     manifest = load_manifest(directory)
-    assert manifest.architecture == "test_resnet" and manifest.in_chans == 3 and manifest.input_size == 16
-    assert manifest.tta_sizes == [16, 18, 20] and manifest.labels == ["checker", "horizontal", "vertical"]
-    assert manifest.loss.name == "sce" and manifest.loss.alpha == 0.4 and manifest.loss.beta == 0.7
+    preprocess = manifest.preprocess
+    assert manifest.architecture == "test_resnet" and preprocess.in_chans == 3 and preprocess.input_size == 16
+    assert preprocess.tta_sizes == (16, 18, 20) and manifest.labels == ["checker", "horizontal", "vertical"]
+    assert manifest.loss.name == "sce" and manifest.loss.params["alpha"] == 0.4 and manifest.loss.params["beta"] == 0.7
     assert manifest.training_command.startswith("productrec train --dataset ")
     run = load_run(folder_run)
     assert manifest.class_counts == run.data["class_counts"] and manifest.data_fingerprint == run.data["fingerprint"]
-    assert manifest.mean == list(run.config.model.mean) and len(manifest.std) == 3
+    assert preprocess.mean == tuple(run.config.model.mean) and len(preprocess.std) == 3
     assert manifest.metrics["test_top1_error"] == test_metrics["test_top1_error"]  # evaluated before export
     assert 0 <= manifest.metrics["onnx_max_abs_logit_diff"] <= MAX_LOGIT_DIFF
     assert manifest.sha256 == sha256_file(directory / manifest.model_file) and manifest.opset >= 17
@@ -110,7 +111,7 @@ def test_fashion_mnist_repository_is_valid_and_matches_pytorch(
     assert [m.name for m in spec.members] == ["resnet10t", "seresnet18", "resnest14d"] and spec.strategy == "vote"
     for member in members:
         manifest = member.manifest
-        assert manifest.in_chans == 1 and manifest.tta_sizes == [28, 32, 36] and manifest.loss.name == "bsce"
+        assert manifest.preprocess.in_chans == 1 and manifest.preprocess.tta_sizes == (28, 32, 36) and manifest.loss.name == "bsce"
         assert manifest.metrics["onnx_max_abs_logit_diff"] <= MAX_LOGIT_DIFF
         assert manifest.labels[0] == "T-shirt/top" and len(manifest.class_counts) == 10
 

@@ -57,7 +57,7 @@ def test_folder_to_csv_matches_the_engine_and_records_errors(folder, trained_rep
     assert len(rows) == N_IMAGES + 1 and any(row["path"].startswith("shelf/") for row in rows)
     broken = next(row for row in rows if row["path"] == "broken.jpg")
     assert broken["error"].startswith("unsupported_image:") and broken["prediction"] == ""
-    in_chans = max(member.manifest.in_chans for member in engine.members)
+    in_chans = max(member.manifest.preprocess.in_chans for member in engine.members)
     for row in rows:
         if row["path"] == "broken.jpg":
             continue

@@ -9,12 +9,15 @@ import argparse
 import ast
 import dataclasses
 import json
-import math
 import shlex
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
+
+from app.contract.manifest import LossSpec
+from app.contract.preprocess import INTERPOLATIONS, tta_sizes_fit
+from training.loss_registry import LOSS_PRESETS, SYMMETRIC, loss_preset
 
 DEFAULT_FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FMNIST_BENCHMARK = "fmnist-lt"
@@ -58,7 +61,7 @@ class ModelConfig:
     pretrained: str | None = field(default=None, metadata={"help": "local checkpoint file to initialise from (never a hub)"})
     input_size: int = field(default=28, metadata={"help": "model input side in pixels"})
     tta_sizes: tuple[int, ...] = field(default=(28, 32, 36), metadata={"help": "resize sizes for multi-crop TTA; train-time crops are scaled within this range"})
-    interpolation: str = field(default="bilinear", metadata={"help": "resize interpolation", "choices": ["nearest", "bilinear", "bicubic", "lanczos"]})
+    interpolation: str = field(default="bilinear", metadata={"help": "resize interpolation", "choices": list(INTERPOLATIONS)})
     hflip: bool = field(default=True, metadata={"help": "random horizontal flips in training"})
     mean: tuple[float, ...] | None = field(
         default=None,
@@ -69,13 +72,21 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """The loss: ce, bce, sce or bsce."""
+    """The loss (a preset of training.loss_registry) and its parameters."""
 
-    loss: str = field(default="bsce", metadata={"help": "loss function", "choices": ["ce", "bce", "sce", "bsce"]})
-    alpha: float = field(default=0.4, metadata={"help": "weight α of the (balanced) CE term in sce/bsce"})
-    beta: float = field(default=0.7, metadata={"help": "weight β of the RCE term in sce/bsce"})
-    log_zero: float = field(default=math.log(1e-4), metadata={"help": "A = log 0 of the one-hot label in RCE (reference code: ln 1e-4; SCE paper: -4)"})
-    drw_epoch: int | None = field(default=None, metadata={"help": "defer the class weights until this epoch (LDAM-DRW); off by default"})
+    loss: str = field(
+        default="bsce",
+        metadata={"help": "; ".join(f"{p.name}: {p.summary}" for p in LOSS_PRESETS.values()), "choices": list(LOSS_PRESETS)},
+    )
+    alpha: float = field(default=SYMMETRIC["alpha"], metadata={"help": "weight α of the (balanced) CE term in sce/bsce"})
+    beta: float = field(default=SYMMETRIC["beta"], metadata={"help": "weight β of the RCE term in sce/bsce"})
+    log_zero: float = field(default=SYMMETRIC["log_zero"], metadata={"help": "A = log 0 of the one-hot label in RCE (reference code: ln 1e-4; SCE paper: -4)"})
+    drw_epoch: int | None = field(default=None, metadata={"help": "defer the class weights of bce/bsce until this epoch (LDAM-DRW); off by default"})
+
+    def spec(self) -> LossSpec:
+        """The parameters the chosen loss takes, from these options (the manifest's record; what training builds)."""
+        preset = loss_preset(self.loss)
+        return preset.spec(**{name: getattr(self, name) for name in preset.params})
 
 
 @dataclass
@@ -133,7 +144,7 @@ class TrainConfig:
         checks = [
             (model.input_size >= 8, "--input-size must be at least 8"),
             (bool(model.tta_sizes), "--tta-sizes needs at least one size"),
-            (all(size >= model.input_size for size in model.tta_sizes), "every --tta-sizes value must be >= --input-size (crops are centred, never padded)"),
+            (tta_sizes_fit(model.input_size, model.tta_sizes), "every --tta-sizes value must be >= --input-size (crops are centred, never padded)"),
             ((model.mean is None) == (model.std is None), "--mean and --std go together"),
             (model.std is None or all(value > 0 for value in model.std), "--std values must be > 0"),
             (optim.epochs >= 1, "--epochs must be >= 1"),

@@ -12,7 +12,7 @@ import logging
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -92,7 +92,7 @@ def export_to_repository(
     model = model.cpu().float().eval()
     with tempfile.TemporaryDirectory() as scratch:
         staged = Path(scratch) / MODEL_FILE
-        export_onnx(model, manifest.in_chans, manifest.input_size, staged)
+        export_onnx(model, manifest.preprocess.in_chans, manifest.preprocess.input_size, staged)
         diff = max_logit_difference(model, staged, check_batch)
         log.info("ONNX parity on %d images: max |Δlogit| = %.2e", len(check_batch), diff)
         if not diff <= tolerance:
@@ -134,7 +134,7 @@ def export_untrained(
         name=name,
         version=UNTRAINED_VERSION,
         architecture=architecture,
-        **ModelManifest.preprocess_fields(preprocess),
+        preprocess=preprocess,
         labels=list(labels),
         class_counts=[],
         loss=LossSpec(name="none"),
@@ -152,28 +152,16 @@ def write_default_ensemble(repository: Path, members: Sequence[tuple[str, str]],
     return write_ensemble(repository, EnsembleSpec(name, [MemberRef(n, v) for n, v in members], strategy))
 
 
-def loss_spec(config: dict[str, Any]) -> LossSpec:
-    """The manifest's loss section from a run's loss config."""
-    symmetric = config["loss"] in ("sce", "bsce")
-    return LossSpec(
-        name=config["loss"],
-        alpha=config["alpha"] if symmetric else 1.0,
-        beta=config["beta"] if symmetric else 0.0,
-        log_zero=config["log_zero"] if symmetric else None,
-        drw_epoch=config.get("drw_epoch"),
-    )
-
-
 def run_manifest(run: TrainedRun, name: str, version: str) -> ModelManifest:
     """The repository manifest of a run's best checkpoint, before export fills in sha256 and opset."""
     return ModelManifest(
         name=name,
         version=str(version),
         architecture=run.config.model.model,
-        **ModelManifest.preprocess_fields(run.preprocess),
+        preprocess=run.preprocess,
         labels=run.labels,
         class_counts=[int(count) for count in run.data["class_counts"]],
-        loss=loss_spec(run.config.to_dict()["loss"]),
+        loss=run.config.loss.spec(),
         sha256="",
         opset=0,
         training_command=run.command,
@@ -265,7 +253,7 @@ def main(args: argparse.Namespace) -> int:
     target = member_dir(Path(args.repository), manifest.name, manifest.version)
     print(f"exported {args.run_dir} -> {target}")
     print(f"  ONNX parity: max |logit difference| = {manifest.metrics['onnx_max_abs_logit_diff']:.2e} (limit {MAX_LOGIT_DIFF:.0e})")
-    print(f"  sha256 {manifest.sha256}, opset {manifest.opset}, {manifest.num_classes} classes, TTA sizes {manifest.tta_sizes}")
+    print(f"  sha256 {manifest.sha256}, opset {manifest.opset}, {manifest.num_classes} classes, TTA sizes {list(manifest.preprocess.sizes(tta=True))}")
     if args.ensemble_member:
         print(f"  added to {Path(args.repository) / ENSEMBLE_FILE}")
     return 0

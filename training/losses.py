@@ -12,18 +12,13 @@ Probabilities are computed in float32 from a log-softmax, even under autocast.
 
 from __future__ import annotations
 
-import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-LOSSES: tuple[str, ...] = ("ce", "bce", "sce", "bsce")
-REFERENCE_LOG_ZERO = math.log(1e-4)  # the reference SCE code clamps the label at 1e-4
-PAPER_LOG_ZERO = -4.0  # the value the SCE paper writes
-DEFAULT_ALPHA = 0.4
-DEFAULT_BETA = 0.7
+from training.loss_registry import LOSS_PARAMETERS, PAPER_LOG_ZERO, REFERENCE_LOG_ZERO, loss_preset  # noqa: F401  (PAPER_LOG_ZERO: for callers)
 
 
 def class_balance_weights(class_counts: Sequence[int] | torch.Tensor) -> torch.Tensor:
@@ -86,22 +81,25 @@ class SymmetricCrossEntropy(nn.Module):
         return f"alpha={self.alpha}, beta={self.beta}, log_zero={self.log_zero:.4f}, weighted={weighted}, drw_epoch={self.drw_epoch}"
 
 
-def create_loss(
-    name: str,
-    class_counts: Sequence[int] | None = None,
-    alpha: float = DEFAULT_ALPHA,
-    beta: float = DEFAULT_BETA,
-    log_zero: float = REFERENCE_LOG_ZERO,
-    drw_epoch: int | None = None,
-) -> SymmetricCrossEntropy:
-    """Build ``ce``, ``bce``, ``sce`` or ``bsce``; α and β apply to sce and bsce only."""
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; choose one of {LOSSES}")
+def create_loss(name: str, class_counts: Sequence[int] | None = None, **params: Any) -> SymmetricCrossEntropy:
+    """Build the registered loss ``name`` (``training.loss_registry``) with ``params`` over its defaults.
+
+    Parameters of other losses are ignored (α and β apply to sce and bsce only); unknown names are refused.
+    """
+    preset = loss_preset(name)
+    unknown = set(params) - LOSS_PARAMETERS
+    if unknown:
+        raise ValueError(f"unknown loss parameters {sorted(unknown)}; losses take {sorted(LOSS_PARAMETERS)}")
+    values = preset.spec(**{key: value for key, value in params.items() if key in preset.params}).params
     weights = None
-    if name in ("bce", "bsce"):
+    if preset.class_weights:
         if class_counts is None:
             raise ValueError(f"{name} needs the training class counts")
         weights = class_balance_weights(class_counts)
-    if name in ("ce", "bce"):
-        alpha, beta = 1.0, 0.0
-    return SymmetricCrossEntropy(alpha, beta, weights, log_zero, drw_epoch)
+    return SymmetricCrossEntropy(
+        values.get("alpha", 1.0),
+        values.get("beta", 0.0),
+        weights,
+        values.get("log_zero", REFERENCE_LOG_ZERO),
+        values.get("drw_epoch"),
+    )

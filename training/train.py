@@ -371,14 +371,8 @@ class TrainingRun:
             torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
 
         optim = self.config.optim
-        self.loss_fn = create_loss(
-            self.config.loss.loss,
-            self.splits.class_counts.tolist(),
-            self.config.loss.alpha,
-            self.config.loss.beta,
-            self.config.loss.log_zero,
-            self.config.loss.drw_epoch,
-        ).to(self.device)
+        loss = self.config.loss.spec()
+        self.loss_fn = create_loss(loss.name, self.splits.class_counts.tolist(), **loss.params).to(self.device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.schedule = PlateauSchedule(optim.lr, optim.patience, optim.min_lr)

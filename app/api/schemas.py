@@ -5,7 +5,12 @@ Results are validated from the pipeline's domain dataclasses (``app.engine.pipel
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import dataclasses
+from typing import Any, get_type_hints
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from app.contract.preprocess import PreprocessConfig
 
 
 class ErrorResponse(BaseModel):
@@ -107,18 +112,23 @@ class BatchPrediction(BaseModel):
     failed: int
 
 
-class MemberInfo(BaseModel):
+def fields_of(config: type) -> dict[str, Any]:
+    """pydantic field definitions for a dataclass's fields, so a schema follows the contract it shows."""
+    hints = get_type_hints(config)
+    return {field.name: (hints[field.name], ...) for field in dataclasses.fields(config)}
+
+
+PreprocessInfo = create_model(
+    "PreprocessInfo", __doc__="A member's preprocessing (app.contract.preprocess.PreprocessConfig).", **fields_of(PreprocessConfig)
+)
+
+
+class MemberInfo(PreprocessInfo):
     """One loaded member, as its manifest describes it."""
 
     name: str
     version: str
     architecture: str
-    input_size: int
-    in_chans: int
-    interpolation: str
-    tta_sizes: list[int]
-    mean: list[float]
-    std: list[float]
     loss: str
     sha256: str
     providers: list[str] = Field(description="onnxruntime providers the session really uses.")

@@ -27,7 +27,7 @@ ENSEMBLE_FILE = "ensemble.json"
 MODEL_FILE = "model.onnx"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: preprocessing and the loss nested; 1 (read, never written): flat fields
 
 
 class RepositoryError(RuntimeError):
@@ -36,13 +36,10 @@ class RepositoryError(RuntimeError):
 
 @dataclass
 class LossSpec:
-    """The training loss and its hyper-parameters."""
+    """The training loss: a preset name (training's loss registry) and the parameters it was built with."""
 
     name: str
-    alpha: float = 1.0
-    beta: float = 0.0
-    log_zero: float | None = None
-    drw_epoch: int | None = None
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -52,12 +49,7 @@ class ModelManifest:
     name: str
     version: str
     architecture: str
-    input_size: int
-    in_chans: int
-    mean: list[float]
-    std: list[float]
-    interpolation: str
-    tta_sizes: list[int]
+    preprocess: PreprocessConfig
     labels: list[str]
     class_counts: list[int]
     loss: LossSpec
@@ -76,39 +68,37 @@ class ModelManifest:
     def num_classes(self) -> int:
         return len(self.labels)
 
-    @staticmethod
-    def preprocess_fields(config: PreprocessConfig) -> dict[str, Any]:
-        """The manifest fields that hold ``config`` (input size, channels, mean/std, interpolation, TTA sizes)."""
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in dataclasses.asdict(config).items()}
-
-    @property
-    def preprocess(self) -> PreprocessConfig:
-        """The inverse of ``preprocess_fields``."""
-        return PreprocessConfig(
-            input_size=self.input_size,
-            in_chans=self.in_chans,
-            mean=tuple(self.mean),
-            std=tuple(self.std),
-            interpolation=self.interpolation,
-            tta_sizes=tuple(self.tta_sizes),
-        )
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelManifest":
+        version = data.get("format_version", 1)
+        if version == 1:
+            data = _upgrade_v1(data)
+        elif version != FORMAT_VERSION:
+            raise ValueError(f"format_version {version} is not one this productrec reads (1, {FORMAT_VERSION})")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown manifest keys: {sorted(unknown)}")
         values = dict(data)
+        values["preprocess"] = PreprocessConfig.from_dict(values["preprocess"])  # validates sizes, channels, mean/std
         values["loss"] = LossSpec(**values["loss"])
         manifest = cls(**values)
         if len(manifest.class_counts) not in (0, manifest.num_classes):
             raise ValueError("class_counts and labels differ in length")
-        manifest.preprocess  # validates sizes, channels, mean/std
         return manifest
+
+
+def _upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 manifest (preprocessing fields and loss parameters flat) in the current shape."""
+    values = dict(data)
+    values["preprocess"] = {f.name: values.pop(f.name) for f in dataclasses.fields(PreprocessConfig) if f.name in values}
+    loss = dict(values["loss"])
+    values["loss"] = {"name": loss.pop("name"), "params": loss}
+    values["format_version"] = FORMAT_VERSION
+    return values
 
 
 @dataclass

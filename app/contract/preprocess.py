@@ -46,6 +46,11 @@ class ImageTooLargeError(DomainError, ValueError):
     status, code = 413, "image_too_large"
 
 
+def tta_sizes_fit(input_size: int, tta_sizes: Sequence[int]) -> bool:
+    """Whether every TTA resize size can be centre-cropped to ``input_size`` (crops are never padded)."""
+    return all(size >= input_size for size in tta_sizes)
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     """How a model wants its input: the part of the manifest preprocessing reads."""
@@ -64,8 +69,13 @@ class PreprocessConfig:
             raise ValueError("mean and std need one value per input channel")
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}")
-        if any(size < self.input_size for size in self.tta_sizes):
-            raise ValueError("every TTA size must be >= input_size (we centre-crop, never pad)")
+        if not tta_sizes_fit(self.input_size, self.tta_sizes):
+            raise ValueError("every TTA size must be >= input_size (crops are centred, never padded)")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PreprocessConfig":
+        """From its JSON form (lists for the tuples)."""
+        return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in data.items()})
 
     @property
     def key(self) -> tuple:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from fastapi import APIRouter, Depends
 
 from app.api.deps import PipelineDep, SettingsDep, verify_api_key
@@ -27,12 +29,7 @@ async def models(pipeline: PipelineDep, settings: SettingsDep) -> ModelsResponse
                 name=manifest.name,
                 version=str(manifest.version),
                 architecture=manifest.architecture,
-                input_size=manifest.input_size,
-                in_chans=manifest.in_chans,
-                interpolation=manifest.interpolation,
-                tta_sizes=list(manifest.tta_sizes),
-                mean=list(manifest.mean),
-                std=list(manifest.std),
+                **dataclasses.asdict(manifest.preprocess),
                 loss=manifest.loss.name,
                 sha256=manifest.sha256,
                 providers=member.providers,
