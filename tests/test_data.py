@@ -14,22 +14,11 @@ from PIL import Image
 
 from app.cli import CommandError
 from training.config import DEFAULT_FMNIST_DIR, DataConfig
-from training.data import (
-    FASHION_MNIST_LABELS,
-    FASHION_MNIST_MEAN,
-    FASHION_MNIST_STD,
-    SIMILAR_CLASS,
-    ArrayImageSet,
-    BadImageError,
-    Splits,
-    build_splits,
-    format_histogram,
-    inject_noise,
-    load_fashion_mnist,
-    long_tail_counts,
-    main,
-    plot_histogram,
-)
+from training.benchmark import SIMILAR_CLASS, inject_noise, long_tail_counts
+from training.data import Splits, build_splits, main
+from training.data_report import format_histogram, plot_histogram
+from training.fashion_mnist import FASHION_MNIST_LABELS, FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
+from training.image_sets import ArrayImageSet, BadImageError
 
 # --------------------------------------------------------------------------- generated image files
 
@@ -319,7 +308,7 @@ def test_benchmark_missing_directory_is_file_not_found(tmp_path: Path) -> None:
 
 
 def test_image_folder_reports_and_skips_bad_files(image_folder: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="training.data"):
+    with caplog.at_level(logging.WARNING, logger="training.user_data"):
         splits = build_splits(DataConfig(dataset=str(image_folder), val_per_class=1))
     assert splits.label_names == ["boots", "hats", "shirts"]
     reasons = bad_reasons(splits)
