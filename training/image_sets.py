@@ -116,4 +116,16 @@ class FileImageSet(ImageSet):
 
     def identity(self) -> bytes:
         # Relative to the data set's root, so the same data elsewhere has the same fingerprint.
-        return "\n".join(os.path.relpath(path, self.root) for path in self.paths).encode()
+        return "\n".join(relative_paths(self.paths, self.root)).encode()
+
+
+def relative_paths(paths: Sequence[Path], root: Path) -> list[str]:
+    """``os.path.relpath(path, root)`` of each path, worked out once per folder (relpath is slow for 100,000s of files)."""
+    folders: dict[str, str] = {}
+    relative = []
+    for path in paths:
+        folder, name = os.path.split(path)
+        if folder not in folders:
+            folders[folder] = os.path.relpath(folder, root)
+        relative.append(name if folders[folder] == os.curdir else os.path.join(folders[folder], name))
+    return relative
