@@ -2,7 +2,7 @@
 
 Deterministic by ``data_seed``:
 
-1. ``val_per_class`` images per class are held out of the 60,000 official
+1. ``val_per_class`` images per class (default ``BENCHMARK_VAL_PER_CLASS``) are held out of the 60,000 official
    training images first: a clean, balanced validation split.
 2. The long-tailed training split is drawn from the rest with
    n_k = floor(n_max * rho^(-k/(K-1))) in the natural class order (class 0,
@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.config import FMNIST_BENCHMARK, DataConfig
+from training.config import BENCHMARK_VAL_PER_CLASS, FMNIST_BENCHMARK, DataConfig
 from training.fashion_mnist import FASHION_MNIST_LABELS, load_fashion_mnist
 from training.image_sets import ArrayImageSet
-from training.stratify import rank_within_class
+from training.stratify import ValidationRule, rank_within_class
 
 # Class-dependent noise: every class flips to one fixed look-alike, so the realised
 # rate is r for any class mix. The three pairs the issue names swap both ways;
@@ -91,22 +91,36 @@ def inject_noise(
     return noisy
 
 
+def benchmark_val_per_class(config: DataConfig) -> int:
+    return BENCHMARK_VAL_PER_CLASS if config.val_per_class is None else config.val_per_class
+
+
+def benchmark_validation_rule(config: DataConfig) -> ValidationRule:
+    val_per_class = benchmark_val_per_class(config)
+    return ValidationRule(
+        "balanced hold-out",
+        f"a clean, balanced hold-out of {val_per_class} images per class (seed {config.data_seed})",
+        val_per_class=val_per_class,
+    )
+
+
 def benchmark_sets(config: DataConfig) -> tuple[ArrayImageSet, ArrayImageSet, ArrayImageSet]:
     """The training (long-tailed, noisy), validation (clean, balanced) and test splits of ``fmnist-lt``."""
+    val_per_class = benchmark_val_per_class(config)
     if config.val_dataset or config.test_dataset:
         raise ValueError(f"--val-dataset and --test-dataset are for user data sets, not {FMNIST_BENCHMARK}")
-    if config.val_per_class < 1:
-        raise ValueError(f"{FMNIST_BENCHMARK} needs val_per_class >= 1, got {config.val_per_class}")
+    if val_per_class < 1:
+        raise ValueError(f"{FMNIST_BENCHMARK} needs val_per_class >= 1, got {val_per_class}")
     train_images, train_labels, test_images, test_labels = load_fashion_mnist(config.fmnist_dir)
     n_classes = len(FASHION_MNIST_LABELS)
     split_rng, noise_rng = (np.random.default_rng(seed) for seed in np.random.SeedSequence(config.data_seed).spawn(2))
 
     rank = rank_within_class(train_labels, split_rng.random(train_labels.shape[0]))
-    available = np.bincount(train_labels, minlength=n_classes) - config.val_per_class
+    available = np.bincount(train_labels, minlength=n_classes) - val_per_class
     if available.min() < 1:
         raise ValueError(
-            f"val_per_class {config.val_per_class} leaves no training images for some class "
-            f"(each has at most {available.min() + config.val_per_class})"
+            f"val_per_class {val_per_class} leaves no training images for some class "
+            f"(each has at most {available.min() + val_per_class})"
         )
     n_max = config.max_per_class if config.max_per_class is not None else int(available.max())
     if n_max < 1:
@@ -115,10 +129,10 @@ def benchmark_sets(config: DataConfig) -> tuple[ArrayImageSet, ArrayImageSet, Ar
     if (counts > available).any():
         raise ValueError(
             f"max_per_class {n_max} exceeds the {available.min()} images per class left after holding out "
-            f"{config.val_per_class} per class for validation"
+            f"{val_per_class} per class for validation"
         )
-    val_indices = np.flatnonzero(rank < config.val_per_class)
-    pool_rank = rank - config.val_per_class  # rank among the images left after the hold-out
+    val_indices = np.flatnonzero(rank < val_per_class)
+    pool_rank = rank - val_per_class  # rank among the images left after the hold-out
     train_indices = np.flatnonzero((pool_rank >= 0) & (pool_rank < counts[train_labels]))
     clean = train_labels[train_indices]
     noisy = inject_noise(clean, n_classes, config.noise_rate, config.noise_type, noise_rng)

@@ -13,15 +13,18 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from training.benchmark import benchmark_sets
+from training.benchmark import benchmark_sets, benchmark_validation_rule
 from training.config import FMNIST_BENCHMARK, DataConfig, config_from_args, user_errors
-from training.data_report import format_histogram, plot_histogram, print_skipped
+from training.catalogue import catalogue_report
+from training.data_report import format_catalogue_report, format_histogram, format_validation, plot_histogram, print_skipped
 from training.fashion_mnist import FASHION_MNIST_LABELS
 from training.image_sets import DEFAULT_MAX_PIXELS, ImageSet
-from training.user_data import user_sets
+from training.stratify import ValidationRule
+from training.user_data import Catalogue, user_sets
 
 __all__ = ["ImageSet", "Splits", "build_splits", "main"]
 
@@ -39,6 +42,8 @@ class Splits:
     skipped: list[tuple[str, str]]  # (path, reason) of bad files, reported and left out
     in_chans: int
     noise_rate_realised: float | None = None  # fraction of training labels that differ from the clean ones
+    validation: ValidationRule | None = None  # how the validation split was chosen
+    catalogue: Catalogue | None = None  # every usable image of a user data set, for the report
 
 
 def build_splits(config: DataConfig, max_pixels: int = DEFAULT_MAX_PIXELS) -> Splits:
@@ -46,20 +51,38 @@ def build_splits(config: DataConfig, max_pixels: int = DEFAULT_MAX_PIXELS) -> Sp
 
     Raises FileNotFoundError for missing data and ValueError for unusable data or options.
     """
-    if config.val_per_class < 0:
+    if config.val_per_class is not None and config.val_per_class < 0:
         raise ValueError(f"val_per_class must be >= 0, got {config.val_per_class}")
     if config.dataset == FMNIST_BENCHMARK:
         train, val, test = benchmark_sets(config)
         splits = _make_splits(train, val, test, list(FASHION_MNIST_LABELS), skipped=[])
+        splits.validation = benchmark_validation_rule(config)
     else:
         user = user_sets(config, max_pixels)
         splits = _make_splits(user.train, user.val, user.test, user.label_names, user.skipped)
+        splits.validation, splits.catalogue = user.validation, user.catalogue
     empty = [splits.label_names[k] for k in np.flatnonzero(splits.class_counts == 0)]
     if empty:
         raise ValueError(f"no training labels left for class(es) {', '.join(empty)} (lower the noise rate?)")
     if len(splits.val) == 0:
-        raise ValueError("the validation split is empty: raise val_per_class or pass a validation data set")
+        raise ValueError("the validation split is empty: raise val_fraction or val_per_class, or pass a validation data set")
     return splits
+
+
+def validation_summary(splits: Splits) -> dict[str, Any]:
+    """The validation rule and the classes it covers, for ``productrec data`` and the run's data.json."""
+    per_class = np.bincount(splits.val.labels, minlength=len(splits.label_names))
+    covered = int(np.count_nonzero(per_class))
+    uncovered = len(per_class) - covered
+    # train.top1_error is a plain top-1 over the validation images, so classes without any do not enter it.
+    error_over = (
+        f"validation top-1 error: over the {len(splits.val):,} validation images, so over the {covered:,} classes "
+        f"that have any; classes without validation images: {uncovered:,}"
+    )
+    if uncovered:
+        error_over += " (they train on all their images)"
+    rule = splits.validation.to_dict() if splits.validation is not None else {}
+    return {**rule, "classes_with_images": covered, "classes_without_images": uncovered, "error_over": error_over}
 
 
 def _make_splits(
@@ -110,13 +133,16 @@ def _fingerprint(label_names: list[str], in_chans: int, image_sets: dict[str, Im
 
 
 def main(args: argparse.Namespace) -> int:
-    """``productrec data``: build the splits, print the class histogram, noise rate, split sizes and skipped files."""
+    """``productrec data``: the class histogram, noise rate, split sizes, validation rule, catalogue report and skipped files."""
     with user_errors():
         splits = build_splits(config_from_args(args).data)
     print(format_histogram(splits))
     sizes = f"train {len(splits.train):,}, val {len(splits.val):,}"
     sizes += f", test {len(splits.test):,} images" if splits.test is not None else " images, no test split"
     print(f"Splits: {sizes}; {splits.in_chans} input channel(s)")
+    print(format_validation(validation_summary(splits)))
+    if splits.catalogue is not None:
+        print(format_catalogue_report(catalogue_report(splits.catalogue)))
     print(f"Data fingerprint: {splits.fingerprint}")
     print_skipped(splits.skipped)
     plot = getattr(args, "plot", None)

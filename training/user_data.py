@@ -3,8 +3,10 @@
 An ImageFolder tree has one sub-folder per class (class names sorted); a CSV
 manifest's labels are class names (sorted). User data gets in_chans 3 and no
 injected noise: the noise, long-tail and ``test_per_class`` options apply to
-the benchmark only. Without ``val_dataset`` the validation split takes at most
-``val_per_class`` and at most half of each class (seeded). Bad files (missing,
+the benchmark only. Without ``val_dataset`` the validation split takes
+``val_fraction`` of each class (stratified, seeded; classes of fewer than
+``MIN_IMAGES_FOR_VALIDATION`` images keep all of theirs for training), or, with
+``val_per_class``, that many and at most half of each class. Bad files (missing,
 empty, not an image by a cheap header check, over the pixel limit) are logged,
 recorded in ``skipped`` and left out; so are validation/test images of classes
 the training set lacks. A class with no usable image is a ValueError.
@@ -20,14 +22,14 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from training.config import FMNIST_BENCHMARK, DataConfig
+from training.config import FMNIST_BENCHMARK, MIN_IMAGES_FOR_VALIDATION, DataConfig
 from training.image_sets import DEFAULT_MAX_PIXELS, FileImageSet
-from training.stratify import rank_within_class
+from training.stratify import ValidationRule, capped_counts, proportional_counts, stratified_mask
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,18 @@ class _UserData:
     names: list[str]  # class name of each path
     class_names: list[str]  # every class the source declares, sorted
     skipped: list[tuple[str, str]]
+    sizes: np.ndarray  # [N, 2] width and height of each image, from its header
+
+
+@dataclass
+class Catalogue:
+    """Every usable image of a user data set, before the validation split: what ``productrec data`` reports on."""
+
+    location: str
+    paths: list[Path]
+    labels: np.ndarray
+    label_names: list[str]
+    sizes: np.ndarray  # [N, 2] width and height, from the file headers
 
 
 @dataclass
@@ -56,6 +70,8 @@ class UserSets:
     test: FileImageSet | None
     label_names: list[str]
     skipped: list[tuple[str, str]]
+    validation: ValidationRule
+    catalogue: Catalogue
 
 
 def user_sets(config: DataConfig, max_pixels: int = DEFAULT_MAX_PIXELS) -> UserSets:
@@ -77,15 +93,35 @@ def user_sets(config: DataConfig, max_pixels: int = DEFAULT_MAX_PIXELS) -> UserS
     if config.val_dataset:
         train = image_set(source, np.arange(len(labels)), labels)
         val = _labelled_set(config.val_dataset, label_names, max_pixels, skipped)
+        rule = ValidationRule("data set", f"the separate validation data set {config.val_dataset}")
     else:
-        # Stratified: at most val_per_class and at most half of each class, so every class keeps >= 1 for training.
-        rng = np.random.default_rng(config.data_seed)
-        rank = rank_within_class(labels, rng.random(labels.shape[0]))
-        is_val = rank < np.minimum(config.val_per_class, counts // 2)[labels]
+        per_class, rule = _validation_counts(config, counts)
+        is_val = stratified_mask(labels, per_class, config.data_seed)
         train = image_set(source, np.flatnonzero(~is_val), labels[~is_val])
         val = image_set(source, np.flatnonzero(is_val), labels[is_val])
     test = _labelled_set(config.test_dataset, label_names, max_pixels, skipped) if config.test_dataset else None
-    return UserSets(train, val, test, label_names, skipped)
+    catalogue = Catalogue(config.dataset, source.paths, labels, label_names, source.sizes)
+    return UserSets(train, val, test, label_names, skipped, rule, catalogue)
+
+
+def _validation_counts(config: DataConfig, counts: np.ndarray) -> tuple[np.ndarray, ValidationRule]:
+    """Validation images per class: a fixed count when ``val_per_class`` is given, else ``val_fraction`` of each class."""
+    if config.val_per_class is not None:
+        rule = ValidationRule(
+            "per class",
+            f"{config.val_per_class} images per class, at most half of each (stratified, seed {config.data_seed})",
+            val_per_class=config.val_per_class,
+        )
+        return capped_counts(counts, config.val_per_class), rule
+    minimum = MIN_IMAGES_FOR_VALIDATION
+    rule = ValidationRule(
+        "fraction",
+        f"{config.val_fraction:.0%} of each class, at least 1 (stratified, seed {config.data_seed}); "
+        f"classes of fewer than {minimum} images keep all of theirs for training",
+        val_fraction=config.val_fraction,
+        min_images_for_validation=minimum,
+    )
+    return proportional_counts(counts, config.val_fraction, minimum), rule
 
 
 def _labelled_set(
@@ -127,16 +163,18 @@ def _read_user_data(location: str, max_pixels: int) -> _UserData:
         class_names = sorted({name for _, name in entries})
     else:
         raise ValueError(f"data set {location}: expected an ImageFolder directory or a .csv manifest")
-    problems = _scan(paths=[p for p, _ in entries], max_pixels=max_pixels)
+    headers = _scan(paths=[p for p, _ in entries], max_pixels=max_pixels)
     usable = []
-    for (file, name), problem in zip(entries, problems):
-        if problem is None:
-            usable.append((file, name))
+    for (file, name), header in zip(entries, headers):
+        if header.problem is None:
+            usable.append((file, name, header.width, header.height))
         else:
-            _report(skipped, file, problem)
+            _report(skipped, file, header.problem)
     if not usable:
         raise ValueError(f"data set {location}: no usable images ({len(skipped)} file(s) skipped)")
-    return _UserData(root, [p for p, _ in usable], [n for _, n in usable], class_names, skipped)
+    files, names, widths, heights = zip(*usable)
+    sizes = np.stack([np.array(widths, dtype=np.int64), np.array(heights, dtype=np.int64)], axis=1)
+    return _UserData(root, list(files), list(names), class_names, skipped, sizes)
 
 
 def _list_image_folder(root: Path) -> tuple[list[tuple[Path, str]], list[tuple[str, str]], list[str]]:
@@ -171,6 +209,7 @@ def _list_csv(manifest: Path) -> tuple[list[tuple[Path, str]], list[tuple[str, s
     """Rows of a ``path,label`` CSV (labels are class names); relative paths are resolved against the CSV's folder."""
     entries: list[tuple[Path, str]] = []
     skipped: list[tuple[str, str]] = []
+    resolved: dict[str, Path] = {}  # one Path per distinct row path: manifests repeat files
     try:
         with manifest.open(newline="", encoding="utf-8-sig") as file:
             reader = csv.DictReader(file)
@@ -182,7 +221,10 @@ def _list_csv(manifest: Path) -> tuple[list[tuple[Path, str]], list[tuple[str, s
             for line, row in enumerate(reader, start=2):
                 path, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
                 if path and label:
-                    entries.append((manifest.parent / path, label))
+                    file = resolved.get(path)
+                    if file is None:
+                        file = resolved[path] = manifest.parent / path
+                    entries.append((file, label))
                 else:
                     _report(skipped, f"{manifest}:{line}", "row without a path or a label")
     except UnicodeDecodeError as exc:
@@ -197,39 +239,50 @@ def _report(skipped: list[tuple[str, str]], path: str | Path, reason: str) -> No
     skipped.append((str(path), reason))
 
 
-def _scan(paths: Sequence[Path], max_pixels: int) -> list[str | None]:
-    """Why each file is unusable (None when fine), checked cheaply in a thread pool."""
+class ImageHeader(NamedTuple):
+    """What the cheap check of one file found: why it is unusable (None when fine) and its size."""
+
+    problem: str | None
+    width: int = 0
+    height: int = 0
+
+
+def _scan(paths: Sequence[Path], max_pixels: int) -> list[ImageHeader]:
+    """The header of each file, checked cheaply in a thread pool; once per distinct path (manifests repeat files)."""
     from tqdm import tqdm
 
+    distinct = list(dict.fromkeys(paths))
     with ThreadPoolExecutor(max_workers=SCAN_THREADS) as pool:
-        checks = pool.map(lambda path: check_image_file(path, max_pixels), paths)
-        return list(tqdm(checks, total=len(paths), desc="checking images", unit="file", disable=len(paths) < 1000))
+        checks = pool.map(lambda path: read_image_header(path, max_pixels), distinct)
+        headers = list(tqdm(checks, total=len(distinct), desc="checking images", unit="file", disable=len(distinct) < 1000))
+    by_path = dict(zip(distinct, headers))
+    return [by_path[path] for path in paths]
 
 
-def check_image_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
-    """Why ``path`` is not a usable image, or None: it exists, is not empty, and Pillow reads its header.
+def read_image_header(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageHeader:
+    """The size of ``path`` if it is a usable image: it exists, is not empty, and Pillow reads its header.
 
     Cheap (no pixels are decoded), so a truncated file can still fail later in ``ImageSet.load``.
     """
     try:
         status = path.stat()
     except FileNotFoundError:
-        return "file not found"
+        return ImageHeader("file not found")
     except OSError as exc:
-        return f"cannot access the file: {exc.strerror or exc}"
+        return ImageHeader(f"cannot access the file: {exc.strerror or exc}")
     if not stat.S_ISREG(status.st_mode):
-        return "not a regular file"
+        return ImageHeader("not a regular file")
     if status.st_size == 0:
-        return "empty file (0 bytes)"
+        return ImageHeader("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 width, height = image.size
     except UnidentifiedImageError:
-        return "not an image (no format Pillow recognises)"
+        return ImageHeader("not an image (no format Pillow recognises)")
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
-        return f"not a readable image: {exc}"
+        return ImageHeader(f"not a readable image: {exc}")
     if width * height > max_pixels:
-        return f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
-    return None
+        return ImageHeader(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}", width, height)
+    return ImageHeader(None, width, height)
