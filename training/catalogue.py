@@ -7,13 +7,12 @@ each distinct file is read once to hash its content.
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from training.user_data import SCAN_THREADS, Catalogue
+from training.user_data import Catalogue, map_in_threads
 
 SMALL_CLASS_THRESHOLDS: tuple[int, ...] = (5, 20, 100)
 
@@ -91,8 +90,7 @@ def catalogue_report(catalogue: Catalogue, n_examples: int = 5) -> CatalogueRepo
 def content_ids(paths: list[Path]) -> np.ndarray:
     """One id per path, equal for equal file contents (SHA-256); each distinct path is read once."""
     distinct = list(dict.fromkeys(paths))
-    with ThreadPoolExecutor(max_workers=SCAN_THREADS) as pool:
-        digests = list(pool.map(_file_digest, distinct))
+    digests = map_in_threads(_file_digest, distinct, "hashing images")
     ids: dict[bytes, int] = {}
     path_ids = {path: ids.setdefault(digest, len(ids)) for path, digest in zip(distinct, digests)}
     return np.fromiter((path_ids[path] for path in paths), dtype=np.int64, count=len(paths))

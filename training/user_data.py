@@ -22,7 +22,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence, TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -36,6 +36,11 @@ logger = logging.getLogger(__name__)
 # What torchvision's ImageFolder accepts, plus .gif.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 SCAN_THREADS = 8
+# Files per thread-pool task: a task per file costs more than reading a header.
+SCAN_CHUNK = 256
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 
 @dataclass
@@ -249,14 +254,28 @@ class ImageHeader(NamedTuple):
 
 def _scan(paths: Sequence[Path], max_pixels: int) -> list[ImageHeader]:
     """The header of each file, checked cheaply in a thread pool; once per distinct path (manifests repeat files)."""
-    from tqdm import tqdm
-
     distinct = list(dict.fromkeys(paths))
-    with ThreadPoolExecutor(max_workers=SCAN_THREADS) as pool:
-        checks = pool.map(lambda path: read_image_header(path, max_pixels), distinct)
-        headers = list(tqdm(checks, total=len(distinct), desc="checking images", unit="file", disable=len(distinct) < 1000))
+    # Process-wide and so set once here, not per file in the threads: over-limit images are reported anyway.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        headers = map_in_threads(lambda path: read_image_header(path, max_pixels), distinct, "checking images")
     by_path = dict(zip(distinct, headers))
     return [by_path[path] for path in paths]
+
+
+def map_in_threads(function: Callable[[Item], Result], items: Sequence[Item], description: str) -> list[Result]:
+    """``[function(item) for item in items]`` in ``SCAN_THREADS`` threads, ``SCAN_CHUNK`` items per task, with progress."""
+    from tqdm import tqdm
+
+    chunks = [items[start : start + SCAN_CHUNK] for start in range(0, len(items), SCAN_CHUNK)]
+    results: list[Result] = []
+    with ThreadPoolExecutor(max_workers=SCAN_THREADS) as pool, tqdm(
+        total=len(items), desc=description, unit="file", disable=len(items) < 1000
+    ) as progress:
+        for chunk_results in pool.map(lambda chunk: [function(item) for item in chunk], chunks):
+            results.extend(chunk_results)
+            progress.update(len(chunk_results))
+    return results
 
 
 def read_image_header(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageHeader:
@@ -275,10 +294,8 @@ def read_image_header(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
     if status.st_size == 0:
         return ImageHeader("empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                width, height = image.size
+        with Image.open(path) as image:
+            width, height = image.size
     except UnidentifiedImageError:
         return ImageHeader("not an image (no format Pillow recognises)")
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
