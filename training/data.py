@@ -55,12 +55,12 @@ def build_splits(config: DataConfig, max_pixels: int = DEFAULT_MAX_PIXELS) -> Sp
         raise ValueError(f"val_per_class must be >= 0, got {config.val_per_class}")
     if config.dataset == FMNIST_BENCHMARK:
         train, val, test = benchmark_sets(config)
-        splits = _make_splits(train, val, test, list(FASHION_MNIST_LABELS), skipped=[])
-        splits.validation = benchmark_validation_rule(config)
+        splits = _make_splits(train, val, test, list(FASHION_MNIST_LABELS), [], benchmark_validation_rule(config))
     else:
         user = user_sets(config, max_pixels)
-        splits = _make_splits(user.train, user.val, user.test, user.label_names, user.skipped)
-        splits.validation, splits.catalogue = user.validation, user.catalogue
+        splits = _make_splits(
+            user.train, user.val, user.test, user.label_names, user.skipped, user.validation, user.catalogue
+        )
     empty = [splits.label_names[k] for k in np.flatnonzero(splits.class_counts == 0)]
     if empty:
         raise ValueError(f"no training labels left for class(es) {', '.join(empty)} (lower the noise rate?)")
@@ -91,6 +91,8 @@ def _make_splits(
     test: ImageSet | None,
     label_names: list[str],
     skipped: list[tuple[str, str]],
+    validation: ValidationRule,
+    catalogue: Catalogue | None = None,
 ) -> Splits:
     noise_rate = None
     if train.clean_labels is not None and len(train):
@@ -105,6 +107,8 @@ def _make_splits(
         skipped=skipped,
         in_chans=train.in_chans,
         noise_rate_realised=noise_rate,
+        validation=validation,
+        catalogue=catalogue,
     )
 
 

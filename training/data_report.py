@@ -71,7 +71,7 @@ def _noise_line(splits: Splits) -> str:
 
 def format_validation(summary: dict[str, Any]) -> str:
     """The validation rule and the classes it covers (``training.data.validation_summary``)."""
-    return f"Validation split: {summary['description']}\n  {summary['error_over']}"
+    return f"Validation split: {summary.get('description', 'unknown')}\n  {summary['error_over']}"
 
 
 def format_catalogue_report(report: CatalogueReport) -> str:

@@ -121,7 +121,7 @@ def _validation_counts(config: DataConfig, counts: np.ndarray) -> tuple[np.ndarr
     minimum = MIN_IMAGES_FOR_VALIDATION
     rule = ValidationRule(
         "fraction",
-        f"{config.val_fraction:.0%} of each class, at least 1 (stratified, seed {config.data_seed}); "
+        f"{config.val_fraction * 100:g}% of each class, at least 1 (stratified, seed {config.data_seed}); "
         f"classes of fewer than {minimum} images keep all of theirs for training",
         val_fraction=config.val_fraction,
         min_images_for_validation=minimum,
