@@ -62,7 +62,7 @@ from app.contract.ranking import crop_average_probabilities, rank  # noqa: E402
 from app.engine.ensemble import Ensemble  # noqa: E402
 from app.contract.manifest import ENSEMBLE_FILE  # noqa: E402
 from app.contract.preprocess import PreprocessConfig, decode_crops  # noqa: E402
-from training.data import load_fashion_mnist  # noqa: E402
+from training.fashion_mnist import load_fashion_mnist  # noqa: E402
 
 TARGET_RATIO = 0.85
 TARGET_CONCURRENCY = 8

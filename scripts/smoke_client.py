@@ -31,7 +31,7 @@ def write_images(out: Path, count: int, fmnist_dir: Path) -> list[Path]:
     """PNG files of the first ``count`` Fashion-MNIST test images."""
     from PIL import Image
 
-    from training.data import FASHION_MNIST_LABELS, load_fashion_mnist
+    from training.fashion_mnist import FASHION_MNIST_LABELS, load_fashion_mnist
 
     _, _, images, labels = load_fashion_mnist(fmnist_dir)
     out.mkdir(parents=True, exist_ok=True)

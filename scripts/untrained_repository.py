@@ -19,7 +19,7 @@ import timm
 from PIL import Image
 
 from app.contract.preprocess import PreprocessConfig
-from training.data import FASHION_MNIST_LABELS, FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
+from training.fashion_mnist import FASHION_MNIST_LABELS, FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
 from training.export import UNTRAINED_VERSION, export_untrained, write_default_ensemble
 
 PREPROCESS = PreprocessConfig(

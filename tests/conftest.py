@@ -92,7 +92,7 @@ def fmnist_small_config(fmnist_dir: Path) -> Callable[..., DataConfig]:
 
 @pytest.fixture(scope="session")
 def fmnist_test_images(fmnist_dir: Path) -> LabelledImages:
-    from training.data import FASHION_MNIST_LABELS, load_fashion_mnist
+    from training.fashion_mnist import FASHION_MNIST_LABELS, load_fashion_mnist
 
     _, _, images, labels = load_fashion_mnist(fmnist_dir)
     chosen = np.concatenate([np.flatnonzero(labels == k)[:4] for k in range(len(FASHION_MNIST_LABELS))])

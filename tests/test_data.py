@@ -14,22 +14,11 @@ from PIL import Image
 
 from app.cli import CommandError
 from training.config import DEFAULT_FMNIST_DIR, DataConfig
-from training.data import (
-    FASHION_MNIST_LABELS,
-    FASHION_MNIST_MEAN,
-    FASHION_MNIST_STD,
-    SIMILAR_CLASS,
-    ArrayImageSet,
-    BadImageError,
-    Splits,
-    build_splits,
-    format_histogram,
-    inject_noise,
-    load_fashion_mnist,
-    long_tail_counts,
-    main,
-    plot_histogram,
-)
+from training.benchmark import SIMILAR_CLASS, inject_noise, long_tail_counts
+from training.data import Splits, build_splits, main
+from training.data_report import format_histogram, plot_histogram
+from training.fashion_mnist import FASHION_MNIST_LABELS, FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
+from training.image_sets import ArrayImageSet, BadImageError
 
 # --------------------------------------------------------------------------- generated image files
 
@@ -319,7 +308,7 @@ def test_benchmark_missing_directory_is_file_not_found(tmp_path: Path) -> None:
 
 
 def test_image_folder_reports_and_skips_bad_files(image_folder: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="training.data"):
+    with caplog.at_level(logging.WARNING, logger="training.user_data"):
         splits = build_splits(DataConfig(dataset=str(image_folder), val_per_class=1))
     assert splits.label_names == ["boots", "hats", "shirts"]
     reasons = bad_reasons(splits)
@@ -495,15 +484,18 @@ def test_format_histogram_lists_every_class_and_the_noise(benchmark: Splits) -> 
     assert "5,500/55 = 100.0" in text  # the clean profile's imbalance
 
 
-def test_format_histogram_elides_the_middle_of_many_classes() -> None:
+def test_many_classes_get_a_summary_and_a_sorted_plot_instead_of_rows(tmp_path: Path) -> None:
     labels = np.repeat(np.arange(100), np.arange(100, 0, -1))
     images = np.zeros((labels.size, 2, 2), dtype=np.uint8)
     image_set = ArrayImageSet(images, labels, None, np.arange(labels.size), "generated")
     names = [f"class-{k}" for k in range(100)]
     splits = Splits(image_set, image_set, None, names, np.bincount(labels), "0" * 64, [], 1, None)
-    text = format_histogram(splits, max_rows=10)
-    assert "class-0 " in text and "class-99 " in text and "class-50 " not in text
-    assert "90 classes" in text and "unknown" in text
+    text = format_histogram(splits)
+    assert "class-" not in text and len(text.splitlines()) == 3
+    assert "100/1 = 100.0" in text and "max 100, median 50.5, min 1" in text and "unknown" in text
+    plot_histogram(splits, tmp_path / "sorted.png")
+    with Image.open(tmp_path / "sorted.png") as image:
+        assert image.format == "PNG"
 
 
 def test_main_prints_histogram_and_writes_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -512,6 +504,8 @@ def test_main_prints_histogram_and_writes_plot(tmp_path: Path, capsys: pytest.Ca
     output = capsys.readouterr().out
     assert "Ankle boot" in output and "Label noise realised" in output
     assert "train 13,646, val 5,000, test 10,000" in output
+    assert "Validation split: a clean, balanced hold-out of 500 images per class" in output  # not --val-fraction
+    assert "Catalogue" not in output
     with Image.open(plot) as image:
         assert image.format == "PNG" and image.width > 300
 

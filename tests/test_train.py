@@ -13,7 +13,9 @@ import torch
 
 from app.contract.preprocess import PreprocessConfig, random_scaled_crop, tta_crops
 from training.config import ConfigError, DataConfig
-from training.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, build_splits, long_tail_counts
+from training.benchmark import long_tail_counts
+from training.data import build_splits
+from training.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from training.models import create_model
 from training.runs import BEST_CHECKPOINT, CONFIG_FILE, CURVES_FILE, DATA_FILE, LAST_CHECKPOINT, METRICS_FILE, load_checkpoint
 from training.train import EpochSampler, PlateauSchedule, Skipped, TorchImageSet, TrainingRun, collate, train

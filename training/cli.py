@@ -43,7 +43,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 TRAINING_COMMANDS: list[Command] = [
     Command(
         "data",
-        "build the data splits; print the class histogram and the realised noise rate",
+        "build the data splits; print the class histogram, noise rate, validation rule and (user data) the catalogue report",
         add_data_arguments,
         "training.data:main",
     ),

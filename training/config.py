@@ -21,6 +21,9 @@ from training.loss_registry import LOSS_PRESETS, SYMMETRIC, loss_preset
 
 DEFAULT_FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FMNIST_BENCHMARK = "fmnist-lt"
+BENCHMARK_VAL_PER_CLASS = 500
+# A class needs this many images to spare one for validation under --val-fraction; smaller ones train on all.
+MIN_IMAGES_FOR_VALIDATION = 3
 
 
 @dataclass
@@ -43,7 +46,21 @@ class DataConfig:
         default="symmetric",
         metadata={"help": "symmetric (to a uniformly random other class) or asymmetric (to a fixed similar class)", "choices": ["symmetric", "asymmetric"]},
     )
-    val_per_class: int = field(default=500, metadata={"help": "clean, balanced validation images held out per class"})
+    val_per_class: int | None = field(
+        default=None,
+        metadata={
+            "help": f"validation images per class: {FMNIST_BENCHMARK}'s clean, balanced hold-out (default {BENCHMARK_VAL_PER_CLASS}); "
+            "for user data sets a fixed count (at most half of each class) that replaces --val-fraction"
+        },
+    )
+    val_fraction: float = field(
+        default=0.1,
+        metadata={
+            "help": "user data sets: the fraction of each class that goes to validation (stratified, seeded by --data-seed; "
+            f"at least 1 image from each class of {MIN_IMAGES_FOR_VALIDATION} or more, none from smaller ones); "
+            f"ignored with --val-per-class or --val-dataset and for {FMNIST_BENCHMARK}"
+        },
+    )
     max_per_class: int | None = field(default=None, metadata={"help": "n_max of the long tail (default: all that remain after the validation hold-out)"})
     test_per_class: int | None = field(default=None, metadata={"help": "use only this many official test images per class (default: all 10,000)"})
     data_seed: int = field(default=0, metadata={"help": "seed of the split, the long tail and the noise"})
@@ -159,6 +176,7 @@ class TrainConfig:
             (self.run.workers >= 0, "--workers must be >= 0"),
             (0 <= self.data.noise_rate < 1, "--noise-rate must be in [0, 1)"),
             (self.data.imbalance_ratio >= 1, "--imbalance-ratio must be >= 1"),
+            (0 < self.data.val_fraction < 1, "--val-fraction must be in (0, 1)"),
         ]
         for ok, message in checks:
             if not ok:

@@ -28,7 +28,8 @@ from app.engine.ensemble import Ensemble
 from app.contract.manifest import EnsembleSpec, MemberRef, ModelManifest, sha256_file, write_json
 from app.contract.preprocess import tta_crops
 from training.config import DataConfig, user_errors
-from training.data import BadImageError, ImageSet, Splits, build_splits
+from training.data import ImageSet, Splits, build_splits
+from training.image_sets import BadImageError
 from training.export import run_manifest
 from training.plots import plot_per_class_accuracy
 from training.runs import BEST_CHECKPOINT, TEST_METRICS_FILE, TrainedRun, load_run

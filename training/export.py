@@ -38,7 +38,8 @@ from app.contract.manifest import (
 )
 from app.contract.preprocess import PreprocessConfig, tta_crops
 from training.config import ConfigError, user_errors
-from training.data import BadImageError, build_splits
+from training.data import build_splits
+from training.image_sets import BadImageError
 from training.runs import TrainedRun, load_run
 
 log = logging.getLogger("productrec.export")

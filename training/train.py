@@ -30,7 +30,9 @@ from tqdm import tqdm
 from app.contract.manifest import write_json
 from app.contract.preprocess import PreprocessConfig, random_scaled_crop, tta_crops
 from training.config import FMNIST_BENCHMARK, ConfigError, TrainConfig, command_line, config_from_args, user_errors
-from training.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, BadImageError, ImageSet, Splits, build_splits
+from training.data import ImageSet, Splits, build_splits, validation_summary
+from training.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from training.image_sets import BadImageError
 from training.losses import SymmetricCrossEntropy, create_loss
 from training.models import check_model_config, create_model, model_normalization
 from training.plots import plot_curves
@@ -340,6 +342,7 @@ def data_summary(splits: Splits, config: TrainConfig) -> dict[str, Any]:
             "val": len(splits.val),
             "test": None if splits.test is None else len(splits.test),
         },
+        "validation": validation_summary(splits),
         "skipped": [list(entry) for entry in splits.skipped],
     }
 
