@@ -17,6 +17,7 @@ from fastapi import FastAPI, Security
 
 from app.api.deps import verify_api_key
 from app.api.errors import install_error_handlers
+from app.api.linger import LingeringRefusal
 from app.api.middleware import MetricsMiddleware
 from app.api.openapi import install_instance_openapi
 from app.api.routes import health, metrics, models, predict
@@ -95,7 +96,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = None
     app.state.load_error = "the model repository is still loading"
     install_error_handlers(app)
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(LingeringRefusal, max_discard_bytes=settings.max_discard_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: its latency includes the above
     guard = _api_key_guard(settings)
     for router in (predict.router, models.router):
         app.include_router(router, **guard)

@@ -2,8 +2,10 @@
 
 A single image comes as multipart (field ``file``) or as the raw body with an
 ``image/*`` (or ``application/octet-stream``) content type; a batch comes as
-multipart with repeated ``files`` fields. Nothing past the limit is read: the
-declared Content-Length is checked first and the streamed bytes are counted.
+multipart with repeated ``files`` fields. Nothing past the limit is kept: the
+declared Content-Length is checked first and the streamed bytes are counted. The
+rest of a refused body is read and dropped by ``app.api.linger`` before the 413
+goes out, so that a client still sending receives it.
 """
 
 from __future__ import annotations
