@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import jsonschema_rs
@@ -169,3 +170,17 @@ def test_spec_bounds_match_the_service(trained_repository) -> None:
             )
     files = spec["paths"]["/v1/predict/batch"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert files["properties"]["files"]["minItems"] == 1 and files["properties"]["files"]["maxItems"] == 7
+
+
+def test_only_negative_cases_that_are_valid_on_the_wire_are_dropped(tmp_path) -> None:
+    spec = create_app(settings_for(tmp_path)).openapi()
+    batch = SimpleNamespace(path="/v1/predict/batch")
+
+    def case(**body: Any) -> SimpleNamespace:
+        return SimpleNamespace(media_type="multipart/form-data", body=body, operation=batch, method="POST")
+
+    assert _valid_as_sent(case(files=[b"%PDF", b"\x1fb"], tta=[]), spec)  # no tta part is sent at all
+    assert _valid_as_sent(case(files=[b"\x89PNG"], top_k={}), spec)
+    assert not _valid_as_sent(case(files=[b"\x89PNG"], tta="0"), spec)
+    assert not _valid_as_sent(case(files=[], tta=True), spec)
+    assert not _valid_as_sent(case(files=[b"\x89PNG"] * 65), spec)
