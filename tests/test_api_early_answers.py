@@ -27,8 +27,9 @@ MULTIPART_TAIL = b"\r\n--" + BOUNDARY + b"--\r\n"
 # (content type, bytes before and after the 30 MB, expected status and error)
 BODIES = {
     "raw-jpeg": ("image/jpeg", b"", b"", 413, "payload_too_large"),
-    "multipart": ("multipart/form-data; boundary=" + BOUNDARY.decode(), MULTIPART_HEAD, MULTIPART_TAIL, 413,
-                  "payload_too_large"),
+    "multipart": (
+        f"multipart/form-data; boundary={BOUNDARY.decode()}", MULTIPART_HEAD, MULTIPART_TAIL, 413, "payload_too_large"
+    ),
     "unsupported-type": ("text/plain", b"", b"", 415, "unsupported_media_type"),
 }
 
