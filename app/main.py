@@ -12,13 +12,17 @@ import os
 import tempfile
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Iterator
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Security
 
+from app.api.deps import verify_api_key
 from app.api.errors import install_error_handlers
+from app.api.linger import LingeringRefusal
 from app.api.middleware import MetricsMiddleware
+from app.api.openapi import install_instance_openapi
 from app.api.routes import health, metrics, models, predict
+from app.api.schemas import ErrorResponse
 from app.core.config import Settings, get_settings
 from app.contract.manifest import ENSEMBLE_FILE
 from app.engine.ensemble import Ensemble, ProviderUnavailableError, require_cuda
@@ -98,10 +102,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.pipeline = None
     app.state.load_error = "the model repository is still loading"
     install_error_handlers(app)
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-    for router in (predict.router, models.router, health.router, metrics.router):
+    app.add_middleware(LingeringRefusal, max_discard_bytes=settings.max_discard_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: its latency includes the above
+    guard = _api_key_guard(settings)
+    for router in (predict.router, models.router):
+        app.include_router(router, **guard)
+    for router in (health.router, metrics.router):
         app.include_router(router)
+    install_instance_openapi(app)
     return app
+
+
+def _api_key_guard(settings: Settings) -> dict[str, Any]:
+    """``include_router`` arguments that put /v1/* behind the API key, when one is set; else none.
+
+    Only then does the spec declare the X-API-Key scheme and the 401: a spec that asks for a key the service
+    does not check is wrong for every client and contract test.
+    """
+    if settings.api_key is None:
+        return {}
+    return {
+        "dependencies": [Security(verify_api_key)],
+        "responses": {401: {"model": ErrorResponse, "description": "Missing or wrong X-API-Key."}},
+    }
 
 
 def serve_command(args) -> int:

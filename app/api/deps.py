@@ -41,7 +41,7 @@ MetricsDep = Annotated[ServingMetrics, Depends(get_metrics)]
 PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
 
 api_key_header = APIKeyHeader(
-    name="X-API-Key", auto_error=False, description="Required when the service has PRODUCTREC_API_KEY set."
+    name="X-API-Key", auto_error=False, description="The value of the service's PRODUCTREC_API_KEY."
 )
 
 

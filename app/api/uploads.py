@@ -2,8 +2,10 @@
 
 A single image comes as multipart (field ``file``) or as the raw body with an
 ``image/*`` (or ``application/octet-stream``) content type; a batch comes as
-multipart with repeated ``files`` fields. Nothing past the limit is read: the
-declared Content-Length is checked first and the streamed bytes are counted.
+multipart with repeated ``files`` fields. Nothing past the limit is kept: the
+declared Content-Length is checked first and the streamed bytes are counted. The
+rest of a refused body is read and dropped by ``app.api.linger`` before the 413
+goes out, so that a client still sending receives it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from app.api.errors import ApiError
+from app.api.options import check_form_options
 from app.core.config import Settings
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries, part headers and small fields around one file
@@ -62,18 +65,32 @@ async def _parse_multipart(request: Request, limit: int, max_files: int, too_man
         max_part_size=MAX_FIELD_BYTES,
     )
     try:
-        return await parser.parse()
+        form = await parser.parse()
     except MultiPartException as exc:
         if str(exc).startswith("Too many files"):
             raise ApiError(413, "too_many_items", too_many) from exc
         raise ApiError(400, "bad_request", f"malformed multipart body: {exc}") from exc
+    try:
+        check_form_options(form, _num_classes(request))
+    except ApiError:
+        await form.close()
+        raise
+    return form
 
 
-async def _read_file(value: UploadFile | str, field: str, settings: Settings) -> Upload:
+def _num_classes(request: Request) -> int | None:
+    pipeline = request.app.state.pipeline
+    return pipeline.ensemble.num_classes if pipeline is not None else None
+
+
+def _file_part(value: UploadFile | str, field: str) -> UploadFile:
+    """The part as a file; a text part where a file belongs makes the whole request malformed (422)."""
     if not isinstance(value, UploadFile):
-        return Upload(
-            None, error=ApiError(422, "invalid_request", f"'{field}' must be a file part (curl -F {field}=@photo.jpg)")
-        )
+        raise ApiError(422, "invalid_request", f"'{field}' must be a file part (curl -F {field}=@photo.jpg)")
+    return value
+
+
+async def _read_file(value: UploadFile, settings: Settings) -> Upload:
     if value.size is not None and value.size > settings.max_upload_bytes:
         return Upload(value.filename, error=_too_large(f"file {value.filename!r}", settings.max_upload_bytes))
     data = await value.read()
@@ -103,7 +120,7 @@ async def read_single_image(request: Request, settings: Settings) -> tuple[Uploa
         try:
             if "file" not in form:
                 raise ApiError(422, "invalid_request", "multipart body needs a 'file' field with the image")
-            return _checked(await _read_file(form["file"], "file", settings)), form
+            return _checked(await _read_file(_file_part(form["file"], "file"), settings)), form
         finally:
             await form.close()
     if media_type.startswith(RAW_BODY_TYPES):
@@ -121,7 +138,8 @@ async def read_single_image(request: Request, settings: Settings) -> tuple[Uploa
 
 
 async def read_batch_images(request: Request, settings: Settings) -> tuple[list[Upload], FormData]:
-    """The images of ``/v1/predict/batch``; a file over the size limit or not a file is an item error."""
+    """The images of ``/v1/predict/batch``; a file that is empty, over the size limit or not an image is an item
+    error, a text part among the files a request error."""
     if _media_type(request) != "multipart/form-data":
         raise ApiError(415, "unsupported_media_type", "send multipart/form-data with one 'files' field per image")
     form = await _parse_multipart(
@@ -134,6 +152,7 @@ async def read_batch_images(request: Request, settings: Settings) -> tuple[list[
         values = form.getlist("files")
         if not values:
             raise ApiError(422, "invalid_request", "multipart body needs one or more 'files' fields")
-        return [await _read_file(value, "files", settings) for value in values], form
+        files = [_file_part(value, "files") for value in values]
+        return [await _read_file(file, settings) for file in files], form
     finally:
         await form.close()

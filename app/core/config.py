@@ -61,6 +61,13 @@ class Settings(BaseSettings):
         40_000_000, ge=1, description="Largest width x height decoded, checked from the header (413 above)."
     )
     max_batch_items: int = Field(64, ge=1, description="Most images in one /v1/predict/batch request (413 above).")
+    max_discard_bytes: int = Field(
+        64 * MiB,
+        ge=0,
+        description="A request answered before its body was read (413, 401, 415, 503): most bytes of the rest read "
+        "and discarded first, so that the client, still sending, gets the answer; a longer rest is not read and the "
+        "connection is closed after the answer.",
+    )
 
     max_batch_size: int = Field(
         32, ge=1, description="Dynamic batching: most images in one onnxruntime run per member."

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
-from app.api.deps import PipelineDep, SettingsDep, verify_api_key
+from app.api.deps import PipelineDep, SettingsDep
 from app.api.schemas import ErrorResponse, MemberInfo, ModelsResponse
 
-router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(verify_api_key)])
+# Behind the API key when one is set: create_app adds the check (and its 401) to the spec only then.
+router = APIRouter(prefix="/v1", tags=["models"])
 
 
 @router.get(
@@ -17,7 +18,7 @@ router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(verify_a
     response_model=ModelsResponse,
     summary="The ensemble and its members",
     description="Members with versions, input sizes, TTA sizes and the onnxruntime providers really in use; labels.",
-    responses={401: {"model": ErrorResponse}, 503: {"model": ErrorResponse, "description": "Not ready."}},
+    responses={503: {"model": ErrorResponse, "description": "Not ready."}},
 )
 async def models(pipeline: PipelineDep, settings: SettingsDep) -> ModelsResponse:
     ensemble = pipeline.ensemble

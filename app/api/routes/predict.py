@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
-from pydantic import Field, TypeAdapter, ValidationError
+from fastapi import APIRouter, Query, Request
 from starlette.datastructures import FormData
 
-from app.api.deps import PipelineDep, SettingsDep, verify_api_key
+from app.api.deps import PipelineDep, SettingsDep
 from app.api.errors import ApiError, api_error_for, record_error
+from app.api.options import OPTION_TYPES, option_value
 from app.api.uploads import read_batch_images, read_single_image
 from app.core.config import Settings
 from app.api.schemas import BatchItem, BatchPrediction, ErrorResponse, Prediction
 from app.engine.pipeline import ImageResult, Pipeline
 
-router = APIRouter(prefix="/v1", tags=["predict"], dependencies=[Depends(verify_api_key)])
+# Behind the API key when one is set: create_app adds the check (and its 401) to the spec only then.
+router = APIRouter(prefix="/v1", tags=["predict"])
 
 TopKQuery = Annotated[
     int | None,
@@ -31,12 +32,9 @@ TtaQuery = Annotated[
     Query(description="Multi-crop TTA on or off (default: PRODUCTREC_TTA). Also accepted as a multipart field."),
 ]
 
-_FIELD_TYPES: dict[str, TypeAdapter[Any]] = {
-    "top_k": TypeAdapter(Annotated[int, Field(ge=1)]),
-    "tta": TypeAdapter(bool),
-}
-
-_IMAGE_SCHEMA = {"type": "string", "format": "binary"}
+_IMAGE_SCHEMA = {"type": "string", "format": "binary", "minLength": 1}
+# A batch answers an empty file with that item's own 400, so its files may be empty.
+_BATCH_FILE_SCHEMA = {"type": "string", "format": "binary"}
 _OPTION_FIELDS = {"top_k": {"type": "integer", "minimum": 1}, "tta": {"type": "boolean"}}
 PREDICT_BODY = {
     "requestBody": {
@@ -64,7 +62,10 @@ BATCH_BODY = {
                 "schema": {
                     "type": "object",
                     "required": ["files"],
-                    "properties": {"files": {"type": "array", "items": _IMAGE_SCHEMA}, **_OPTION_FIELDS},
+                    "properties": {
+                        "files": {"type": "array", "items": _BATCH_FILE_SCHEMA, "minItems": 1},
+                        **_OPTION_FIELDS,
+                    },
                 }
             }
         },
@@ -78,7 +79,6 @@ def _error(description: str) -> dict[str, Any]:
 
 COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
     400: _error("Malformed request (empty file, broken multipart body)."),
-    401: _error("Missing or wrong X-API-Key (when the service has an API key)."),
     413: _error("Upload over max_upload_bytes / max_request_bytes, image over max_image_pixels, or too many files."),
     415: _error("Not an image Pillow can decode, or a content type other than multipart or image/*."),
     422: _error("Invalid parameter (top_k out of 1..classes), missing field, or an image too slow to decode."),
@@ -91,12 +91,9 @@ def _options(
 ) -> tuple[int, bool]:
     """top_k and tta from the query, else the multipart fields, else the settings."""
     values: dict[str, Any] = {"top_k": top_k, "tta": tta}
-    for name, adapter in _FIELD_TYPES.items():
+    for name in OPTION_TYPES:
         if values[name] is None and form is not None and name in form:
-            try:
-                values[name] = adapter.validate_python(form[name])
-            except ValidationError as exc:
-                raise ApiError(422, "invalid_request", f"{name}: {exc.errors()[0]['msg']}") from exc
+            values[name] = option_value(name, form[name])
     num_classes = pipeline.ensemble.num_classes
     resolved_top_k = values["top_k"] if values["top_k"] is not None else min(settings.default_top_k, num_classes)
     if not 1 <= resolved_top_k <= num_classes:
