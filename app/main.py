@@ -5,7 +5,6 @@ Run it with ``productrec serve`` (or ``uvicorn --factory app.main:create_app``).
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import logging
 import os
@@ -16,18 +15,18 @@ from typing import Any, AsyncIterator, Iterator
 
 from fastapi import FastAPI, Security
 
-from app.api.deps import verify_api_key
+from app.api.deps import verify_api_key, verify_management_key
 from app.api.errors import install_error_handlers
 from app.api.linger import LingeringRefusal
 from app.api.middleware import MetricsMiddleware
 from app.api.openapi import install_instance_openapi
-from app.api.routes import health, metrics, models, predict
+from app.api.routes import health, metrics, models, predict, repository
 from app.api.schemas import ErrorResponse
 from app.core.config import Settings, get_settings
 from app.contract.manifest import ENSEMBLE_FILE
-from app.engine.ensemble import Ensemble, ProviderUnavailableError, require_cuda
+from app.engine.ensemble import ProviderUnavailableError, require_cuda
 from app.engine.metrics import MULTIPROCESS_DIR_ENV, ServingMetrics
-from app.engine.pipeline import Pipeline
+from app.engine.repository import ModelRepository
 
 log = logging.getLogger("productrec.app")
 
@@ -45,40 +44,21 @@ Errors are JSON `{"error": code, "detail": text}`.
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Load and verify every member; on a repository problem stay up (live) but not ready."""
+    """Load and verify every member (``ModelRepository``); on a repository problem stay up (live) but not ready."""
     settings: Settings = app.state.settings
-    metrics: ServingMetrics = app.state.metrics
-    pipeline: Pipeline | None = None
-    metrics.ready.set(0)
+    lifecycle: ModelRepository = app.state.models
+    app.state.metrics.ready.set(0)
     try:
-        ensemble = await asyncio.to_thread(Ensemble.from_settings, settings)
+        await lifecycle.start()
     except ProviderUnavailableError:
         log.critical("refusing to start: PRODUCTREC_PROVIDER=%s cannot be honoured", settings.provider, exc_info=True)
         raise
-    except Exception as exc:  # RepositoryError names the file; anything else is reported the same way
-        app.state.load_error = f"model repository {settings.repository} not loaded: {exc}"
-        log.error("%s; the service stays up but is not ready", app.state.load_error)
-    else:
-        pipeline = Pipeline(ensemble, settings, metrics)
-        await pipeline.start()
-        app.state.pipeline = pipeline
-        app.state.load_error = None
-        metrics.ready.set(1)
-        log.info(
-            "ready: ensemble %r, members %s, providers %s",
-            ensemble.spec.name,
-            [f"{m.manifest.name}/{m.manifest.version}" for m in ensemble.members],
-            sorted({provider for m in ensemble.members for provider in m.providers}),
-        )
     try:
         yield
     finally:
-        app.state.pipeline = None
-        app.state.load_error = "shutting down"
-        metrics.ready.set(0)
-        if pipeline is not None:
-            await pipeline.close()
-        metrics.process_exited()
+        app.state.metrics.ready.set(0)
+        await lifecycle.close()
+        app.state.metrics.process_exited()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -99,14 +79,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = ServingMetrics()
-    app.state.pipeline = None
-    app.state.load_error = "the model repository is still loading"
+    app.state.models = ModelRepository(settings, app.state.metrics)
     install_error_handlers(app)
     app.add_middleware(LingeringRefusal, max_discard_bytes=settings.max_discard_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: its latency includes the above
     guard = _api_key_guard(settings)
     for router in (predict.router, models.router):
         app.include_router(router, **guard)
+    app.include_router(repository.router, **_management_guard(settings, guard))
     for router in (health.router, metrics.router):
         app.include_router(router)
     install_instance_openapi(app)
@@ -124,6 +104,16 @@ def _api_key_guard(settings: Settings) -> dict[str, Any]:
     return {
         "dependencies": [Security(verify_api_key)],
         "responses": {401: {"model": ErrorResponse, "description": "Missing or wrong X-API-Key."}},
+    }
+
+
+def _management_guard(settings: Settings, api_key_guard: dict[str, Any]) -> dict[str, Any]:
+    """The API key's guard plus, when a management key is set, that key (for the repository endpoints)."""
+    if settings.management_api_key is None:
+        return api_key_guard
+    return {
+        "dependencies": [*api_key_guard.get("dependencies", []), Security(verify_management_key)],
+        "responses": {401: {"model": ErrorResponse, "description": "Missing or wrong X-API-Key or X-Management-Key."}},
     }
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from app.api.deps import current_pipeline
 from app.core.config import Settings
 
 PREDICT_PATHS = ("/v1/predict", "/v1/predict/batch")
@@ -44,7 +45,7 @@ def install_instance_openapi(app: FastAPI) -> None:
     built: dict[int | None, dict[str, Any]] = {}
 
     def openapi() -> dict[str, Any]:
-        pipeline = app.state.pipeline
+        pipeline = current_pipeline(app)
         num_classes = pipeline.ensemble.num_classes if pipeline is not None else None
         if num_classes not in built:
             built[num_classes] = bounded_spec(generic(), app.state.settings, num_classes)

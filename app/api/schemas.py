@@ -153,3 +153,18 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     ready: bool
     members: int = Field(description="Members loaded.")
+
+
+class RepositoryIndexRequest(BaseModel):
+    ready: bool = Field(False, description="Only the models that are ready.")
+
+
+class RepositoryIndexItem(BaseModel):
+    """One model of the repository index (Triton's repository extension)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    version: str = Field(description="The member version; empty for the ensemble, which has none of its own.")
+    state: str = Field(examples=["READY", "UNAVAILABLE", "LOADING"])
+    reason: str = Field("", description="Why the model is not ready (or why the last load failed).")

@@ -17,6 +17,7 @@ from fastapi import Request
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from app.api.deps import current_pipeline
 from app.api.errors import ApiError
 from app.api.options import check_form_options
 from app.core.config import Settings
@@ -79,7 +80,7 @@ async def _parse_multipart(request: Request, limit: int, max_files: int, too_man
 
 
 def _num_classes(request: Request) -> int | None:
-    pipeline = request.app.state.pipeline
+    pipeline = current_pipeline(request.app)
     return pipeline.ensemble.num_classes if pipeline is not None else None
 
 

@@ -3,7 +3,7 @@
 Layout::
 
     models/
-      ensemble.json                  # {"name", "strategy", "members": [{"name", "version"}]}
+      ensemble.json                  # {"name", "strategy", "members": [{"name", "version" (or "latest")}]}
       <name>/<version>/model.onnx
       <name>/<version>/manifest.json # ModelManifest
 
@@ -27,6 +27,7 @@ ENSEMBLE_FILE = "ensemble.json"
 MODEL_FILE = "model.onnx"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+LATEST = "latest"  # an ensemble member's version that means its highest numeric version
 FORMAT_VERSION = 2  # 2: preprocessing and the loss nested; 1 (read, never written): flat fields
 
 
@@ -149,6 +150,50 @@ def member_dir(repository: Path, name: str, version: str) -> Path:
     return Path(repository) / name / str(version)
 
 
+def member_versions(repository: Path, name: str) -> list[str]:
+    """The versions of ``name`` in the repository that hold a manifest, numeric ones in numeric order first."""
+    directory = Path(repository) / name
+    found = [path.name for path in directory.iterdir() if (path / MANIFEST_FILE).is_file()] if directory.is_dir() else []
+    return sorted(found, key=lambda version: (not version.isdigit(), int(version) if version.isdigit() else 0, version))
+
+
+def resolve_version(repository: Path, ref: "MemberRef") -> "MemberRef":
+    """``ref`` with ``"latest"`` replaced by the highest numeric version in the repository."""
+    if ref.version != LATEST:
+        return ref
+    numeric = [version for version in member_versions(repository, ref.name) if version.isdigit()]
+    if not numeric:
+        raise RepositoryError(f"{Path(repository) / ref.name}: no numeric version for \"latest\"")
+    return MemberRef(ref.name, numeric[-1])
+
+
+def repository_fingerprint(repository: Path) -> tuple:
+    """What a reload depends on: ensemble.json and, for each member it names, its versions and files (stat only)."""
+    repository = Path(repository)
+    parts: list[tuple] = []
+
+    def stat(path: Path) -> tuple:
+        try:
+            info = path.stat()
+        except OSError:
+            return (str(path), None)
+        return (str(path), info.st_mtime_ns, info.st_size)
+
+    parts.append(stat(repository / ENSEMBLE_FILE))
+    try:
+        spec = read_ensemble_spec(repository)
+    except RepositoryError:
+        return tuple(parts)
+    for ref in spec.members:
+        parts.append((ref.name, tuple(member_versions(repository, ref.name))))
+        try:
+            directory = member_dir(repository, ref.name, resolve_version(repository, ref).version)
+        except RepositoryError:
+            continue
+        parts += [stat(directory / MANIFEST_FILE), stat(directory / MODEL_FILE)]
+    return tuple(parts)
+
+
 def read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(Path(path).read_text())
@@ -203,6 +248,7 @@ def read_repository(repository: Path, verify: bool = True) -> tuple[EnsembleSpec
     """Read ``ensemble.json`` and every member; raise ``RepositoryError`` naming the bad file."""
     repository = Path(repository)
     spec = read_ensemble_spec(repository)
+    spec.members = [resolve_version(repository, ref) for ref in spec.members]
     members = [load_member(repository, ref, verify) for ref in spec.members]
     labels = members[0].manifest.labels
     for member in members[1:]:

@@ -93,7 +93,22 @@ class Settings(BaseSettings):
     )
 
     api_key: SecretStr | None = Field(
-        None, description="When set, /v1/* requests need the header X-API-Key with this value."
+        None, description="When set, /v1/* and /v2/* requests need the header X-API-Key with this value."
+    )
+    management_api_key: SecretStr | None = Field(
+        None,
+        description="When set, the model repository endpoints (/v2/repository/*) also need the header "
+        "X-Management-Key with this value (as TorchServe separates management and inference tokens).",
+    )
+
+    model_control_mode: Literal["none", "poll", "explicit"] = Field(
+        "none",
+        description="Model lifecycle (Triton's names): none loads the ensemble once; poll reloads it whenever "
+        "the repository's files change; explicit loads and unloads on POST /v2/repository/models/{name}/load|unload.",
+    )
+    repository_poll_s: float = Field(5.0, gt=0, description="poll mode: seconds between checks of the repository.")
+    drain_timeout_s: float = Field(
+        30.0, gt=0, description="After a reload, how long the replaced ensemble may take to answer the requests it admitted."
     )
 
     @model_validator(mode="after")
@@ -102,6 +117,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"max_batch_items ({self.max_batch_items}) must not exceed queue_limit ({self.queue_limit}): "
                 "a full batch request could never be admitted"
+            )
+        if self.model_control_mode == "explicit" and self.workers > 1:
+            raise ValueError(
+                "model_control_mode explicit reaches only the worker that takes the call; "
+                "with several workers use poll, which every worker runs"
             )
         return self
 

@@ -167,6 +167,11 @@ class Ensemble:
     def num_classes(self) -> int:
         return len(self.labels)
 
+    def warm_up(self) -> None:
+        """One run of every member on blank crops of every TTA size (sessions allocate on their first run)."""
+        blank = [np.zeros((len(group.sizes), group.config.in_chans, group.config.input_size, group.config.input_size), np.float32) for group in self.crop_groups(True)]
+        self.member_probabilities([blank], tta=True)
+
     def crop_groups(self, tta: bool) -> list[CropGroup]:
         """Members that share crops (computed once: the members never change)."""
         return self._crop_groups[tta]

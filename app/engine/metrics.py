@@ -95,6 +95,12 @@ class ServingMetrics:
             "Decode workers killed (timeout) or lost (crash) and replaced.",
             registry=registry,
         )
+        self.model_loads = Counter(
+            "productrec_model_loads_total",
+            "Ensemble loads by result (loaded, failed); a failed load leaves the previous ensemble serving.",
+            ("result",),
+            registry=registry,
+        )
         self.ready = Gauge(
             "productrec_ready",
             "1 when every ensemble member is loaded (in every worker), else 0.",

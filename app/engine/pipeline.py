@@ -102,22 +102,27 @@ class InferenceResult:
 class Pipeline:
     """A loaded ensemble behind a decode pool and a dynamic batcher."""
 
-    def __init__(self, ensemble: Ensemble, settings: Settings, metrics: ServingMetrics) -> None:
+    def __init__(
+        self, ensemble: Ensemble, settings: Settings, metrics: ServingMetrics, pool: DecodePool | None = None
+    ) -> None:
+        """``pool``: decode workers shared with other pipelines (the caller closes it); else the pipeline starts its own."""
         self.ensemble = ensemble
         self.settings = settings
         self.metrics = metrics
         self.strategy: Strategy = settings.strategy or ensemble.strategy
         self.in_flight = 0
         self.decoding = 0  # images in (or waiting for) a decode worker: the ones a forming batch may wait for
-        self.pool: DecodePool | None = None
+        self.pool = pool
+        self._owns_pool = pool is None
         self.batcher: DynamicBatcher[InferenceRequest, InferenceResult] | None = None
 
     async def start(self) -> None:
         """Start the decode workers and the batching task."""
         settings = self.settings
-        self.pool = await asyncio.to_thread(
-            DecodePool, settings.decode_workers, settings.decode_timeout_s, self.metrics.decode_worker_restarts.inc
-        )
+        if self.pool is None:
+            self.pool = await asyncio.to_thread(
+                DecodePool, settings.decode_workers, settings.decode_timeout_s, self.metrics.decode_worker_restarts.inc
+            )
         self.batcher = DynamicBatcher(
             self.infer,
             settings.max_batch_size,
@@ -140,7 +145,7 @@ class Pipeline:
     async def close(self) -> None:
         if self.batcher is not None:
             await self.batcher.close()
-        if self.pool is not None:
+        if self.pool is not None and self._owns_pool:
             await asyncio.to_thread(self.pool.close)
 
     async def __aenter__(self) -> "Pipeline":
