@@ -21,6 +21,7 @@ from bench.serving.results import ratio_bound, unavoidable_ms
 from bench.serving.server import Service, settings_for
 
 REPO = Path(__file__).resolve().parents[1]
+MAX_LINES = 500
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +82,8 @@ def test_the_profile_attribution_names_the_apps_files_and_functions():
     assert category(["Thread.run (threading.py:1010)"]) == "thread hand-off (executors, locks)"
     assert category(["something (elsewhere.py:1)"]) == "other"
 
+
+def test_no_file_under_bench_is_over_500_lines():
+    lengths = {path.relative_to(REPO): len(path.read_text().splitlines()) for path in (REPO / "bench").rglob("*.py")}
+    assert lengths, "no Python files found under bench/"
+    assert {path: lines for path, lines in lengths.items() if lines > MAX_LINES} == {}
