@@ -1,6 +1,6 @@
 """What decoding in a killable worker process costs over decoding in-process.
 
-    python bench/decode_pool_overhead.py [--repeats 200]
+    python -m bench.decode_pool_overhead [--repeats 200]
 
 For each case the same image goes through a one-worker ``DecodePool`` ``repeats``
 times, the crops coming back through shared memory (the default) or pickled
@@ -44,7 +44,9 @@ CASES = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.decode_pool_overhead", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=200)
     args = parser.parse_args()
     rng = np.random.default_rng(0)

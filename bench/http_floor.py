@@ -1,7 +1,7 @@
 """Floors for the serving benchmark: what HTTP alone costs, and what the service's app adds to it.
 
-``bench/serving.py`` serves these with the same uvicorn (``--http auto``) and loads them with the same
-client as the real service:
+``python -m bench.serving`` serves these (``bench.http_floor:app``, ``bench.http_floor:app_without_pipeline``)
+with the same uvicorn (``--http auto``) and loads them with the same client as the real service:
 
 - ``app``: a bare ASGI app that drains the request body and sends a canned answer. No framework,
   no decoding, no model: the CPU per request that any Python HTTP service pays here.
@@ -38,14 +38,14 @@ async def app(scope, receive, send) -> None:
 
 
 def app_without_pipeline():
-    """``create_app()`` whose lifespan installs a service that answers every image with the canned prediction."""
+    """``create_app()`` whose lifespan installs a pipeline that answers every image with the canned prediction."""
     from app.main import create_app
     from app.api.schemas import Prediction
 
     canned = Prediction.model_validate_json(_BODY)
 
-    class CannedService:
-        """The part of ``PredictionService`` the routes use."""
+    class CannedPipeline:
+        """The part of ``app.engine.pipeline.Pipeline`` the routes use."""
 
         ensemble = SimpleNamespace(num_classes=max(label.index for label in canned.labels) + 1, members=canned.members)
         queue_depth = 0
@@ -57,7 +57,7 @@ def app_without_pipeline():
 
     @asynccontextmanager
     async def lifespan(_) -> AsyncIterator[None]:
-        application.state.service = CannedService()
+        application.state.pipeline = CannedPipeline()
         application.state.load_error = None
         yield
 

@@ -5,7 +5,7 @@ of ``F.cross_entropy`` and of ``create_loss("bsce")`` on the same logits, both f
 the loss alone and with the classifier head (features @ W) that produces the
 logits. Reports the ratio BSCE / CE; the target is <= 1.10 at K = 50,000.
 
-    python bench/loss_cost.py   # writes bench/results/loss_cost.json and docs/img/loss_cost.png
+    python -m bench.loss_cost   # writes bench/results/loss_cost.json and docs/img/loss_cost.png
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import json
 import platform
 import re
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -24,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from training.losses import create_loss  # noqa: E402
+from bench import REPO
+from training.losses import create_loss
 
 
 def _status_bytes(field: str) -> int:
@@ -141,15 +140,17 @@ def _ratio(value: float | None) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.loss_cost", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--classes", type=int, nargs="+", default=[10, 1_000, 10_000, 50_000])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--features", type=int, default=2048, help="feature width of the classifier head")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/loss_cost.json"), help="results JSON")
-    parser.add_argument("--plot", type=Path, default=Path("docs/img/loss_cost.png"), help="ratio plot (PNG)")
+    parser.add_argument("--out", type=Path, default=REPO / "bench/results/loss_cost.json", help="results JSON")
+    parser.add_argument("--plot", type=Path, default=REPO / "docs/img/loss_cost.png", help="ratio plot (PNG)")
     args = parser.parse_args()
 
     device = torch.device(args.device)

@@ -1,26 +1,17 @@
-"""bench/quality.py's report generator on a fake directory of finished runs (the benchmark itself is not a test)."""
+"""The quality benchmark's report generator on a fake directory of finished runs (the benchmark itself is not a test)."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def quality():
-    spec = importlib.util.spec_from_file_location("bench_quality", REPO / "bench" / "quality.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+from bench.quality.cli import parse_args
+from bench.quality.plan import plan
+from bench.quality.report import write_report
 
 
 def fake_run(run_dir: Path, error: float, noisy: bool, data: dict) -> None:
@@ -51,7 +42,7 @@ def fake_run(run_dir: Path, error: float, noisy: bool, data: dict) -> None:
     (run_dir / "bench_timing.json").write_text(json.dumps({"train_s": 100.0, "evaluate_s": 20.0}))
 
 
-def test_report_tables_plots_and_missing_cells_from_finished_runs(quality, tmp_path: Path, fmnist_dir: Path) -> None:
+def test_report_tables_plots_and_missing_cells_from_finished_runs(tmp_path: Path, fmnist_dir: Path) -> None:
     from training.config import DataConfig
 
     root = tmp_path / "runs"
@@ -63,8 +54,8 @@ def test_report_tables_plots_and_missing_cells_from_finished_runs(quality, tmp_p
     fake_run(root / "clean" / "bsce" / "seed0", 0.15, noisy=False, data=data)
     (root / "asym40" / "ce" / "seed0").mkdir(parents=True)  # started, not finished: no best.pt
 
-    args = quality.parse_args(["--report-only", "--root", str(root), "--docs", str(tmp_path / "docs"), "--results", str(tmp_path / "quality.json")])
-    numbers = quality.write_report(root, quality.plan(3, 1), args)
+    args = parse_args(["--report-only", "--root", str(root), "--docs", str(tmp_path / "docs"), "--results", str(tmp_path / "quality.json")])
+    numbers = write_report(root, plan(3, 1), args)
 
     assert numbers["best_loss"] == "bsce"
     bsce = numbers["cells"]["sym40"]["bsce"]
@@ -81,7 +72,7 @@ def test_report_tables_plots_and_missing_cells_from_finished_runs(quality, tmp_p
     text = (tmp_path / "docs" / "results.md").read_text()
     assert "| bsce | 0.2300 ± 0.0100 | missing | 0.1500 (n=1) | 0.1407 |" in text
     assert "| resize 36, centre crop | 0.2800 ± 0.0100 |" in text
-    assert "`sym40/ce/seed2`" in text and "bench/quality.py --resume --report" in text
+    assert "`sym40/ce/seed2`" in text and "python -m bench.quality --resume --report" in text
     assert "Table 4" in text and "have not all finished" in text
     for image in ("quality_per_class_error.png", "quality_training_curves.png"):
         assert (tmp_path / "docs" / "img" / image).read_bytes()[:4] == b"\x89PNG"

@@ -1,68 +1,89 @@
-"""bench/serving.py's plumbing against a real service: its load generator, batch bodies and HTTP floor.
+"""The serving benchmark's plumbing against a real service: its load generator, batch bodies and HTTP floor.
 
 The benchmark's figures are not tested (they are measurements); what is tested is that the requests it
-sends are ones the service accepts and that it reads the answers right.
+sends are ones the service accepts, that it reads the answers right, and that its profile attribution
+names the app's real files and functions.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
+from app.engine.pipeline import Pipeline
+from bench.serving.cases import CASES
+from bench.serving.floor import http_floors
+from bench.serving.load import batch_schedule, post_images, sample_response
+from bench.serving.profile import PROFILE_CATEGORIES, category
+from bench.serving.repository import product_photos
+from bench.serving.results import ratio_bound, unavoidable_ms
+from bench.serving.server import Service, settings_for
+
 REPO = Path(__file__).resolve().parents[1]
+MAX_LINES = 500
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_serving", REPO / "bench" / "serving.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def photos(fmnist_dir):
+    return product_photos(fmnist_dir, 8, None)
 
 
-@pytest.fixture(scope="module")
-def photos(bench, fmnist_dir):
-    return bench.product_photos(fmnist_dir, 8, None)
-
-
-def test_single_and_batch_requests_reach_the_service(bench, photos, trained_repository, tmp_path):
-    _, env = bench.settings_for(trained_repository, {"max_queue_delay_ms": "1000"})
-    with bench.Service(env, tmp_path / "service.log") as service:
-        single = bench.post_images(service.port, photos, concurrency=2, requests=6, timeout_s=60, request_timeout_s=60)
-        batched = bench.post_images(
+def test_single_and_batch_requests_reach_the_service(photos, trained_repository, tmp_path):
+    _, env = settings_for(trained_repository, {"max_queue_delay_ms": "1000"})
+    with Service(env, tmp_path / "service.log") as service:
+        single = post_images(service.port, photos, concurrency=2, requests=6, timeout_s=60, request_timeout_s=60)
+        batched = post_images(
             service.port, photos, concurrency=2, requests=20, timeout_s=60, request_timeout_s=60, per_request=5
         )
-        response = bench.sample_response(service.port, photos[0])
+        response = sample_response(service.port, photos[0])
     assert len(single.replies) == 6 and all(reply.batch_size >= 1 for reply in single.replies)
     assert len(batched.replies) == 20
     # five images posted together run in one dynamic batch (the batcher waits while any is being decoded)
     assert max(reply.batch_size for reply in batched.replies) >= 5
-    schedule = bench.batch_schedule(batched.replies)
+    schedule = batch_schedule(batched.replies)
     assert sum(schedule) >= 20 and all(size >= 1 for size in schedule)
     assert set(single.replies[0].timings) == {"decode_ms", "queue_ms", "inference_ms", "total_ms"}
     assert b'"labels"' in response
 
 
-def test_the_floors_answer_like_the_service(bench, photos, trained_repository, tmp_path):
-    _, env = bench.settings_for(trained_repository, {})
-    with bench.Service(env, tmp_path / "service.log") as service:
-        response = bench.sample_response(service.port, photos[0])
-    floors = bench.http_floors(response, photos, bench.CASES["small"], tmp_path, requests=50)
+def test_the_floors_answer_like_the_service(photos, trained_repository, tmp_path):
+    _, env = settings_for(trained_repository, {})
+    with Service(env, tmp_path / "service.log") as service:
+        response = sample_response(service.port, photos[0])
+    floors = http_floors(response, photos, CASES["small"], tmp_path, requests=50)
     assert set(floors) == {"http", "app"}
     for floor in floors.values():
         # /proc counts CPU in clock ticks (10 ms), which 50 light requests may not reach
         assert floor["requests"] == 50 and floor["requests_per_s"] > 0 and floor["server_cpu_ms_per_request"] >= 0
 
 
-def test_the_bound_charges_http_per_request_and_decoding_per_image(bench):
+def test_the_bound_charges_http_per_request_and_decoding_per_image():
     case = {"http_floors": {"http": {"server_cpu_ms_per_request": 0.2, "client_cpu_ms_per_request": 0.2}},
             "preprocess_cpu_ms_per_image": 0.3}
     single = {"limit_cpu_ms_per_image": 1.0, "images_per_request": 1}
     batch = {"limit_cpu_ms_per_image": 1.0, "images_per_request": 4}
-    assert bench.unavoidable_ms(case, single) == pytest.approx(0.7)
-    assert bench.unavoidable_ms(case, batch) == pytest.approx(0.4)
-    assert bench.ratio_bound(case, single) == pytest.approx(1 / 1.7)
+    assert unavoidable_ms(case, single) == pytest.approx(0.7)
+    assert unavoidable_ms(case, batch) == pytest.approx(0.4)
+    assert ratio_bound(case, single) == pytest.approx(1 / 1.7)
+
+
+def test_the_profile_attribution_names_the_apps_files_and_functions():
+    for _, patterns in PROFILE_CATEGORIES:
+        for pattern in patterns:
+            if pattern.startswith("app/"):
+                assert (REPO / pattern).exists(), f"{pattern}: renamed or moved? update bench/serving/profile.py"
+    assert callable(Pipeline.result)
+    stack = ["_run (asyncio/events.py:80)", "predict (app/api/routes/predict.py:125)",
+             "Pipeline._predict_one (app/engine/pipeline.py:198)", "Pipeline.result (app/engine/pipeline.py:226)"]
+    assert category(stack) == "response: schema objects and JSON"
+    assert category(stack[:3]) == "service: admission, gather"
+    assert category(["Counter.inc (prometheus_client/metrics.py:300)"]) == "metrics"
+    assert category(["Thread.run (threading.py:1010)"]) == "thread hand-off (executors, locks)"
+    assert category(["something (elsewhere.py:1)"]) == "other"
+
+
+def test_no_file_under_bench_is_over_500_lines():
+    lengths = {path.relative_to(REPO): len(path.read_text().splitlines()) for path in (REPO / "bench").rglob("*.py")}
+    assert lengths, "no Python files found under bench/"
+    assert {path: lines for path, lines in lengths.items() if lines > MAX_LINES} == {}

@@ -1,0 +1,136 @@
+"""The load client: threads posting product photos over keep-alive connections, one ``Reply`` per image."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+MULTIPART_BOUNDARY = "productrec-bench-boundary"
+
+
+@dataclass
+class Reply:
+    latency_s: float
+    batch_size: int
+    timings: dict[str, float]
+
+
+@dataclass
+class LoadRound:
+    replies: list[Reply]
+    wall_s: float
+    client_cpu_s: float
+
+
+def batch_body(photos: Sequence[bytes]) -> bytes:
+    """A multipart body with one ``files`` part per photo, as ``curl -F files=@a.jpg -F files=@b.jpg`` sends."""
+    parts = []
+    for index, data in enumerate(photos):
+        head = (
+            f"--{MULTIPART_BOUNDARY}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{index}.jpg\"\r\n"
+            "Content-Type: image/jpeg\r\n\r\n"
+        )
+        parts += [head.encode(), data, b"\r\n"]
+    return b"".join([*parts, f"--{MULTIPART_BOUNDARY}--\r\n".encode()])
+
+
+def _endpoint(per_request: int) -> tuple[str, dict[str, str]]:
+    """Path and headers: the raw body to /v1/predict for one image, multipart to /v1/predict/batch for more."""
+    if per_request == 1:
+        return "/v1/predict", {"Content-Type": "image/jpeg"}
+    return "/v1/predict/batch", {"Content-Type": f"multipart/form-data; boundary={MULTIPART_BOUNDARY}"}
+
+
+def post_images(
+    port: int,
+    photos: Sequence[bytes],
+    concurrency: int,
+    requests: int,
+    timeout_s: float,
+    request_timeout_s: float,
+    on_reply: Callable[[], None] = lambda: None,
+    per_request: int = 1,
+) -> LoadRound:
+    """POSTs of ``requests`` images from ``photos`` (cycled) from ``concurrency`` threads.
+
+    ``per_request`` 1: each image is one raw-body POST to /v1/predict; more: that many images per
+    multipart POST to /v1/predict/batch (one ``Reply`` per image, with its request's latency).
+    Each thread keeps one connection; no new request starts after ``timeout_s``. Any answer other
+    than 200 (or a batch item other than 200) stops the round and raises.
+    """
+    lock = threading.Lock()
+    issued = 0
+    replies: list[Reply] = []
+    failures: list[str] = []
+    client_cpu = [0.0] * concurrency
+    deadline = time.perf_counter() + timeout_s
+    path, headers = _endpoint(per_request)
+
+    def client(slot: int) -> None:
+        nonlocal issued
+        started_cpu = time.thread_time()
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=request_timeout_s)
+        try:
+            while not failures and time.perf_counter() < deadline:
+                with lock:
+                    if issued >= requests:
+                        break
+                    chosen = [photos[(issued + offset) % len(photos)] for offset in range(per_request)]
+                    issued += per_request
+                body = chosen[0] if per_request == 1 else batch_body(chosen)
+                started = time.perf_counter()
+                connection.request("POST", path, body=body, headers=headers)
+                response = connection.getresponse()
+                payload = response.read()
+                latency = time.perf_counter() - started
+                if response.status != 200:
+                    failures.append(f"HTTP {response.status}: {payload[:500].decode(errors='replace')}")
+                    break
+                answer = json.loads(payload)
+                predictions = [answer] if per_request == 1 else [item["prediction"] for item in answer["results"]]
+                if any(prediction is None for prediction in predictions):
+                    failures.append(f"a batch item failed: {payload[:500].decode(errors='replace')}")
+                    break
+                with lock:
+                    replies.extend(Reply(latency, p["batch_size"], p["timings"]) for p in predictions)
+                for _ in predictions:
+                    on_reply()
+        except Exception as exc:  # noqa: BLE001 - reported below, in the main thread
+            failures.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            connection.close()
+            client_cpu[slot] = time.thread_time() - started_cpu
+
+    threads = [threading.Thread(target=client, args=(slot,), name=f"load-{slot}") for slot in range(concurrency)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    if failures:
+        raise RuntimeError(f"{len(failures)} request(s) failed; first: {failures[0]}")
+    if not replies:
+        raise RuntimeError("no request completed within the round's time limit")
+    return LoadRound(replies, wall, sum(client_cpu))
+
+
+def batch_schedule(replies: Sequence[Reply]) -> list[int]:
+    """The batch sizes the service formed: a batch of b images answers b single-image requests."""
+    per_size = Counter(reply.batch_size for reply in replies)
+    return [size for size, count in sorted(per_size.items()) for _ in range(-(-count // size))]
+
+
+def sample_response(port: int, photo: bytes) -> bytes:
+    """One real /v1/predict answer of the service, for the HTTP floor to send back."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    try:
+        connection.request("POST", "/v1/predict", body=photo, headers={"Content-Type": "image/jpeg"})
+        return connection.getresponse().read()
+    finally:
+        connection.close()
