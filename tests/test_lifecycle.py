@@ -47,6 +47,13 @@ def add_version(repository: Path, name: str, version: str, broken: bool = False)
             handle.write(b"\0")
 
 
+def wait_for(condition, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
 def served(answer: dict) -> tuple:
     return answer["strategy"], tuple((member["name"], member["version"]) for member in answer["members"])
 
@@ -136,17 +143,17 @@ def test_five_reloads_under_load_fail_no_request(repository: Path, images) -> No
 
         with ThreadPoolExecutor(16) as threads:
             counts = [threads.submit(hammer, worker) for worker in range(16)]
-            current = base
-            for (versions, strategy), expected in steps:
-                time.sleep(0.3)
-                write_ensemble(repository, versions, strategy)
-                response = client.post("/v2/repository/models/default/load")
-                assert response.status_code == (200 if expected else 400), response.text
-                current = expected or current
-                mark = len(seen)
-                time.sleep(0.3)
-                assert seen[-1] == current and len(seen) > mark, "answers did not switch to the loaded ensemble"
-            stop.set()
+            try:
+                current = base
+                for (versions, strategy), expected in steps:
+                    time.sleep(0.3)
+                    write_ensemble(repository, versions, strategy)
+                    response = client.post("/v2/repository/models/default/load")
+                    assert response.status_code == (200 if expected else 400), response.text
+                    current = expected or current
+                    wait_for(lambda: seen[-1] == current)  # once the admitted requests drain, answers switch
+            finally:
+                stop.set()
             total = sum(count.result() for count in counts)
     assert failures == [] and total == len(seen) > 50
     assert set(seen) <= allowed, f"an answer came from a mix of ensembles: {set(seen) - allowed}"
