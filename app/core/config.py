@@ -101,7 +101,7 @@ class Settings(BaseSettings):
         0.5, gt=0, description="Decode time budget of any image, plus decode_timeout_per_mpixel_s per megapixel."
     )
     decode_timeout_per_mpixel_s: float = Field(
-        0.1,
+        0.15,
         ge=0,
         description="Decode time budget per megapixel of the header's width x height (an image whose size the "
         "headers do not give is budgeted at max_image_pixels).",
