@@ -173,7 +173,7 @@ def test_per_client_limit_answers_429_with_retry_after(trained_repository, norma
             assert response.json()["error"] == "too_many_requests" and "max_requests_per_client" in response.json()["detail"]
             assert response.headers["Retry-After"] == "3"
             assert post(other_client(client, "10.0.0.2"), normal_images[0]).status_code == 200
-            assert client.get("/readyz").status_code == 200  # only /v1 is limited
+            assert client.get("/readyz").status_code == 200  # only the predict endpoints are limited
         finally:
             slow.join(30)
         assert post(client, normal_images[0]).status_code == 200  # its slot was given back

@@ -1,9 +1,9 @@
-"""Per-client concurrency limit on /v1: one client cannot fill the decode pool or the queue.
+"""Per-client concurrency limit on the predict endpoints: one client cannot fill the decode pool or the queue.
 
 A client is its API key when the service checks one, else its address (the
-address uvicorn reports: behind a proxy, run uvicorn with ``--proxy-headers`` and
-``--forwarded-allow-ips`` so that it is the client's, not the proxy's). A request
-over ``max_requests_per_client`` gets 429 with Retry-After. Counted per process:
+address uvicorn reports: behind a proxy, set ``FORWARDED_ALLOW_IPS`` to the
+proxy's so that it is the client's, not the proxy's). A request over
+``max_requests_per_client`` gets 429 with Retry-After. Counted per process:
 each uvicorn worker has its own counts.
 """
 

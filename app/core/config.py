@@ -136,8 +136,8 @@ class Settings(BaseSettings):
     max_requests_per_client: int = Field(
         0,
         ge=0,
-        description="Most /v1 requests one client may have in flight at once, per API key when the service has one, "
-        "else per client address; beyond it 429 with Retry-After. 0: no limit.",
+        description="Most /v1/predict requests one client may have in flight at once, per API key when the service "
+        "has one, else per client address; beyond it 429 with Retry-After. 0: no limit.",
     )
 
     api_key: SecretStr | None = Field(
