@@ -140,6 +140,14 @@ def metric(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
+def wait_until_in_flight(client: TestClient, images: int = 1, timeout_s: float = 10.0) -> None:
+    """Wait until the service has ``images`` images admitted and not yet answered (from /metrics)."""
+    deadline = time.perf_counter() + timeout_s
+    while metric(client.get("/metrics").text, "productrec_images_in_flight") < images:
+        assert time.perf_counter() < deadline, f"fewer than {images} images got in flight"
+        time.sleep(0.01)
+
+
 def assert_same_ranking(labels: list[dict], indices, scores, votes, tolerance: float = 1e-5) -> None:
     """``labels`` (from a response) rank like (indices, scores, votes), up to float noise.
 

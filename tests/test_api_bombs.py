@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from serving_helpers import encode, metric, scan_bomb_jpeg, serving
+from serving_helpers import encode, metric, scan_bomb_jpeg, serving, wait_until_in_flight
 
 CONCURRENCY = 4
 P99_LIMIT_S = 0.1
@@ -73,7 +73,9 @@ class Timed:
         return float(np.percentile(self.seconds, 99))
 
 
-def stream_during(client: TestClient, images: list[bytes], bombs: list[bytes], minimum: int = 200) -> tuple[Timed, Timed]:
+def stream_during(
+    client: TestClient, images: list[bytes], bombs: list[bytes], minimum: int = 200
+) -> tuple[Timed, Timed]:
     """Ordinary images at ``CONCURRENCY`` until the bombs (sent together, once the stream runs) are answered."""
     normal, refused = Timed(), Timed()
     bombs_done = threading.Event()
@@ -164,13 +166,11 @@ def test_per_client_limit_answers_429_with_retry_after(trained_repository, norma
         slow = threading.Thread(target=post, args=(client, huge_progressive_jpeg()))
         slow.start()
         try:
-            deadline = time.perf_counter() + 10
-            while metric(client.get("/metrics").text, "productrec_images_in_flight") < 1:
-                assert time.perf_counter() < deadline, "the slow image never got in flight"
-                time.sleep(0.01)
+            wait_until_in_flight(client)
             response = post(client, normal_images[0])
             assert response.status_code == 429, response.text
-            assert response.json()["error"] == "too_many_requests" and "max_requests_per_client" in response.json()["detail"]
+            body = response.json()
+            assert body["error"] == "too_many_requests" and "max_requests_per_client" in body["detail"]
             assert response.headers["Retry-After"] == "3"
             assert post(other_client(client, "10.0.0.2"), normal_images[0]).status_code == 200
             assert client.get("/readyz").status_code == 200  # only the predict endpoints are limited

@@ -11,7 +11,8 @@ from app.core.config import Settings
 
 def request(address: str, key: str | None = None) -> Request:
     headers = [(b"x-api-key", key.encode())] if key is not None else []
-    return Request({"type": "http", "method": "POST", "path": "/v1/predict", "headers": headers, "client": (address, 1)})
+    scope = {"type": "http", "method": "POST", "path": "/v1/predict", "headers": headers, "client": (address, 1)}
+    return Request(scope)
 
 
 def settings(**values) -> Settings:
@@ -36,10 +37,13 @@ def test_the_limit_is_off_by_default() -> None:
 
 
 def test_a_client_is_its_address_without_a_service_key_and_its_key_with_one() -> None:
+    def identity(address: str, key: str | None, service: Settings) -> str:
+        return client_identity(request(address, key), service)
+
     open_service = settings()
     # without a service key, a client-chosen header must not buy a fresh allowance
-    assert client_identity(request("10.0.0.1", "x"), open_service) == client_identity(request("10.0.0.1", "y"), open_service)
-    assert client_identity(request("10.0.0.1"), open_service) != client_identity(request("10.0.0.2"), open_service)
+    assert identity("10.0.0.1", "x", open_service) == identity("10.0.0.1", "y", open_service)
+    assert identity("10.0.0.1", None, open_service) != identity("10.0.0.2", None, open_service)
     keyed = settings(api_key=SecretStr("secret"))
-    assert client_identity(request("10.0.0.1", "secret"), keyed) == client_identity(request("10.0.0.2", "secret"), keyed)
-    assert "secret" not in client_identity(request("10.0.0.1", "secret"), keyed)
+    assert identity("10.0.0.1", "secret", keyed) == identity("10.0.0.2", "secret", keyed)
+    assert "secret" not in identity("10.0.0.1", "secret", keyed)

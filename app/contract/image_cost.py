@@ -208,11 +208,10 @@ def _webp(data: bytes, limits: CostLimits) -> ImageCost:
 
 
 def _webp_size(kind: bytes, data: bytes, body: int) -> tuple[int, int] | None:
-    if kind == b"VP8X":  # canvas size: 24-bit width - 1 and height - 1
-        width, height = int.from_bytes(data[body + 4 : body + 7], "little"), int.from_bytes(
-            data[body + 7 : body + 10], "little"
-        )
-        return width + 1, height + 1
+    """The size a VP8X, VP8 or VP8L chunk gives; None for other chunks."""
+    if kind == b"VP8X":  # 4 bytes of flags, then the canvas's 24-bit width - 1 and height - 1
+        (low, high) = struct.unpack_from("<IH", data, body + 4)  # 6 bytes: width (3), height (3)
+        return (low & 0xFFFFFF) + 1, ((low >> 24) | (high << 8)) + 1
     if kind == b"VP8 ":  # key frame: 3-byte tag, start code, then 14-bit width and height
         width, height = struct.unpack_from("<HH", data, body + 6)
         return width & 0x3FFF, height & 0x3FFF

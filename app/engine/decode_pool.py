@@ -16,7 +16,7 @@ at once and never occupies a worker. The headers' width x height also set the
 image's time budget (``DecodePolicy``), and send large or irregular files to a
 bounded lane: they may hold at most ``large_workers`` workers at once, so small
 images always find one free (a pool that grows instead would make them wait the
-~0.12 s a new worker needs to start; see docs/deployment.md).
+0.12-0.29 s a new worker needs to start; see docs/deployment.md).
 
 ``decode`` blocks and is thread-safe (``productrec score`` calls it from threads);
 ``decode_async`` does the same job on the event loop without a thread hop: it
@@ -45,7 +45,7 @@ from typing import AsyncIterator, Callable, Generic, Iterator, TypeVar
 import numpy as np
 
 from app.contract.errors import DomainError
-from app.contract.image_cost import CostLimits, ImageCost, inspect_image
+from app.contract.image_cost import CostLimits, inspect_image
 from app.contract.preprocess import CropPlan, check_pixels
 from app.core.config import Settings
 from app.engine.decode_worker import READY, CropBuffer
@@ -121,7 +121,7 @@ class DecodePolicy:
 
 
 @dataclass(frozen=True)
-class _Admitted:
+class Admission:
     """An image whose headers passed: its time budget and lane."""
 
     budget_s: float
@@ -206,28 +206,28 @@ class _Handout(Generic[T]):
         self._coroutines: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = deque()
         self._closed = False
 
-    def put(self, worker: T) -> None:
+    def put(self, item: T) -> None:
         with self._condition:
             while self._coroutines:
                 loop, waiter = self._coroutines.popleft()
                 if waiter.done():  # its coroutine was cancelled
                     continue
                 if _running_loop() is loop:
-                    waiter.set_result(worker)
+                    waiter.set_result(item)
                     return
                 try:
-                    loop.call_soon_threadsafe(self._hand_over, waiter, worker)
+                    loop.call_soon_threadsafe(self._hand_over, waiter, item)
                     return
                 except RuntimeError:  # that loop is closed: its waiter will never run
                     continue
-            self._idle.append(worker)
+            self._idle.append(item)
             self._condition.notify()
 
-    def _hand_over(self, waiter: asyncio.Future, worker: T) -> None:
+    def _hand_over(self, waiter: asyncio.Future, item: T) -> None:
         if waiter.done():  # cancelled on its way
-            self.put(worker)
+            self.put(item)
         else:
-            waiter.set_result(worker)
+            waiter.set_result(item)
 
     def take(self) -> T:
         """An idle item, waiting for one as long as it takes."""
@@ -297,15 +297,15 @@ class DecodePool:
     def pids(self) -> list[int]:
         return [worker.process.pid for worker in self._workers]
 
-    def admit(self, data: bytes, max_pixels: int) -> _Admitted:
+    def admit(self, data: bytes, max_pixels: int) -> Admission:
         """Check the headers (``ImageTooComplexError``, ``ImageTooLargeError``); the image's budget and lane."""
-        cost: ImageCost = inspect_image(data, self.policy.cost_limits)
-        pixels = cost.pixels
-        if pixels is not None:
-            check_pixels(cost.width, cost.height, max_pixels)  # type: ignore[arg-type]
-        large = cost.irregular or pixels is None or pixels > self.policy.large_image_pixels
-        size = f"{cost.width}x{cost.height}" if pixels is not None else "unknown size"
-        return _Admitted(self.policy.budget_s(max_pixels if pixels is None else pixels, self.timeout_s), large, size)
+        cost = inspect_image(data, self.policy.cost_limits)
+        width, height = cost.width, cost.height
+        if width is None or height is None:  # the worker checks the size Pillow reads; budget the largest
+            return Admission(self.policy.budget_s(max_pixels, self.timeout_s), True, "unknown size")
+        check_pixels(width, height, max_pixels)
+        large = cost.irregular or width * height > self.policy.large_image_pixels
+        return Admission(self.policy.budget_s(width * height, self.timeout_s), large, f"{width}x{height}")
 
     def decode(self, data: bytes, plan: CropPlan, max_pixels: int) -> DecodedCrops:
         """Decode and crop one image in a worker; blocks until a worker is free and has answered.
@@ -340,7 +340,7 @@ class DecodePool:
         job.add_done_callback(_retrieve)
         return await asyncio.shield(job)
 
-    async def _decode_on_loop(self, data: bytes, plan: CropPlan, max_pixels: int, admitted: _Admitted) -> DecodedCrops:
+    async def _decode_on_loop(self, data: bytes, plan: CropPlan, max_pixels: int, admitted: Admission) -> DecodedCrops:
         async with self._lane_async(admitted):
             checkout = _Checkout(await self._idle.take_async())
             try:
@@ -360,7 +360,7 @@ class DecodePool:
                 self._idle.put(checkout.worker)
 
     @contextmanager
-    def _lane(self, admitted: _Admitted) -> Iterator[None]:
+    def _lane(self, admitted: Admission) -> Iterator[None]:
         """Hold a slot of the large lane for a large image (waiting for one); nothing for a small one."""
         if not admitted.large:
             yield
@@ -372,7 +372,7 @@ class DecodePool:
             self._large_slots.put(slot)
 
     @asynccontextmanager
-    async def _lane_async(self, admitted: _Admitted) -> AsyncIterator[None]:
+    async def _lane_async(self, admitted: Admission) -> AsyncIterator[None]:
         """``_lane`` for a coroutine."""
         if not admitted.large:
             yield
@@ -392,7 +392,7 @@ class DecodePool:
         if checkout.worker.process.poll() is not None:
             checkout.worker = self._replace(checkout.worker, f"exited with status {checkout.worker.process.returncode}")
 
-    def _result(self, checkout: _Checkout, answered: bool, admitted: _Admitted) -> DecodedCrops:
+    def _result(self, checkout: _Checkout, answered: bool, admitted: Admission) -> DecodedCrops:
         """The crops of the worker's answer; a worker that did not answer in time is replaced."""
         if not answered:
             checkout.worker = self._replace(checkout.worker, "timed out")
