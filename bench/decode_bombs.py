@@ -1,6 +1,6 @@
 """The numbers behind the decode limits (issue 16): header check cost, decode time at the pixel limit, scan cost.
 
-    python bench/decode_bombs.py [--repeats 5]
+    python -m bench.decode_bombs [--repeats 5]
 
 Photos are synthetic but photo-like: a Fashion-MNIST image upscaled (bicubic) to the size, tinted, with
 Gaussian sensor-like noise, JPEG quality 90 (scikit-image's bundled photos are too small and it is not
