@@ -15,6 +15,7 @@ from typing import Any, AsyncIterator, Iterator
 
 from fastapi import FastAPI, Security
 
+from app.api.client_limit import client_limiter
 from app.api.deps import verify_api_key, verify_management_key
 from app.api.errors import install_error_handlers
 from app.api.linger import LingeringRefusal
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = ServingMetrics()
     app.state.models = ModelRepository(settings, app.state.metrics)
+    app.state.client_limiter = client_limiter(settings)
     install_error_handlers(app)
     app.add_middleware(LingeringRefusal, max_discard_bytes=settings.max_discard_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: its latency includes the above

@@ -108,6 +108,21 @@ def slow_png(width: int = 9000, height: int = 6000) -> bytes:
     return encode(Image.new("RGB", (width, height)), "PNG", compress_level=9)
 
 
+@lru_cache
+def scan_bomb_jpeg(width: int = 6000, height: int = 6000, scans: int = 20_000) -> bytes:
+    """A progressive grey JPEG of ``width`` x ``height`` made of ``scans`` empty scans (~10 bytes each).
+
+    libjpeg walks every block of the frame once per scan: the default 6000x6000 one (36 MP, under the
+    40 MP limit, ~200 KB) costs about 2 ms per scan, some 40 s of CPU in all.
+    """
+    small = encode(Image.new("L", (16, 16), 128), "JPEG", progressive=True)
+    header = bytearray(small[: small.index(b"\xff\xda")])  # up to the first scan
+    sof = header.index(b"\xff\xc2")
+    struct.pack_into(">HH", header, sof + 5, height, width)
+    empty_dc_scan = b"\xff\xda" + struct.pack(">HBBBBBB", 8, 1, 1, 0x00, 0, 0, 0)  # component 1, Ss=Se=Ah=Al=0
+    return bytes(header) + empty_dc_scan * scans + b"\xff\xd9"
+
+
 _SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$")
 
 
@@ -123,6 +138,14 @@ def metric(text: str, name: str, **labels: str) -> float:
         if found == {key: str(value) for key, value in labels.items()}:
             return float(match["value"])
     return 0.0
+
+
+def wait_until_in_flight(client: TestClient, images: int = 1, timeout_s: float = 10.0) -> None:
+    """Wait until the service has ``images`` images admitted and not yet answered (from /metrics)."""
+    deadline = time.perf_counter() + timeout_s
+    while metric(client.get("/metrics").text, "productrec_images_in_flight") < images:
+        assert time.perf_counter() < deadline, f"fewer than {images} images got in flight"
+        time.sleep(0.01)
 
 
 def assert_same_ranking(labels: list[dict], indices, scores, votes, tolerance: float = 1e-5) -> None:

@@ -11,13 +11,21 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 import pytest
-from serving_helpers import encode, noise_image, png_claiming_size, slow_png
+from serving_helpers import encode, noise_image, png_claiming_size, scan_bomb_jpeg, slow_png
 
+from app.contract.image_cost import ImageTooComplexError
 from app.contract.preprocess import ImageDecodeError, ImageTooLargeError, PreprocessConfig, decode_crops
-from app.engine.decode_pool import DecodeCrashedError, DecodePool, DecodePoolClosedError, DecodeTimeoutError
+from app.engine.decode_pool import (
+    DecodeCrashedError,
+    DecodePolicy,
+    DecodePool,
+    DecodePoolClosedError,
+    DecodeTimeoutError,
+)
 
 PLAN = [
     (PreprocessConfig(16, 1, (0.5,), (0.25,), "bilinear", (16, 20)), (16, 20)),
@@ -141,3 +149,54 @@ def test_coroutines_waiting_for_a_worker_fail_cleanly_when_the_pool_closes() -> 
     in_flight, *waiting = asyncio.run(asyncio.wait_for(scenario(pool), 60))
     assert not isinstance(in_flight, BaseException) or isinstance(in_flight, DecodePoolClosedError)
     assert [type(outcome) for outcome in waiting] == [DecodePoolClosedError] * 2
+
+
+def policy(**changes) -> DecodePolicy:
+    return replace(DecodePolicy.default(), **changes)
+
+
+def test_costly_headers_are_refused_before_a_worker_is_taken(via) -> None:
+    """While the only worker is busy for a second, the 20,000-scan JPEG is refused from its headers at once."""
+    with DecodePool(workers=1, timeout_s=30) as pool, ThreadPoolExecutor(1) as thread:
+        busy = thread.submit(via, pool, slow_png(), PLAN, MAX_PIXELS)
+        time.sleep(0.1)
+        started = time.perf_counter()
+        with pytest.raises(ImageTooComplexError, match="more than 100 scans"):
+            via(pool, scan_bomb_jpeg(), PLAN, MAX_PIXELS)
+        with pytest.raises(ImageTooLargeError):
+            via(pool, png_claiming_size(100_000, 100_000), PLAN, MAX_PIXELS)
+        refused_s = time.perf_counter() - started
+        assert not busy.done() and refused_s < 0.1
+        busy.result(timeout=30)
+
+
+def test_the_time_budget_follows_the_pixel_count(via) -> None:
+    """slow_png (54 MP, about a second to decode) gets base + per-megapixel seconds, not the 30 s cap."""
+    with DecodePool(workers=1, timeout_s=30, policy=policy(timeout_base_s=0.1, timeout_per_mpixel_s=0.002)) as pool:
+        assert pool.admit(slow_png(), MAX_PIXELS).budget_s == pytest.approx(0.1 + 0.002 * 54)
+        assert pool.admit(encode(noise_image(0)), MAX_PIXELS).budget_s == pytest.approx(0.1 + 0.002 * 28 * 28 / 1e6)
+        assert pool.admit(b"not an image", MAX_PIXELS).budget_s == pytest.approx(0.1 + 0.002 * 60)  # unknown size
+        started = time.perf_counter()
+        with pytest.raises(DecodeTimeoutError, match="0.208 s, the budget for an image of 9000x6000"):
+            via(pool, slow_png(), PLAN, MAX_PIXELS)
+        assert time.perf_counter() - started < 5.0
+
+
+def test_large_images_hold_at_most_their_lane_and_small_ones_pass_them(via) -> None:
+    """Two workers, a lane of one: while two slow large images are in, small ones are decoded at once."""
+    small = encode(noise_image(3))
+    with DecodePool(workers=2, timeout_s=30, policy=policy(large_image_pixels=1_000_000, large_workers=1)) as pool:
+        assert not pool.admit(small, MAX_PIXELS).large and pool.admit(slow_png(), MAX_PIXELS).large
+        with ThreadPoolExecutor(2) as threads:
+            started = time.perf_counter()
+            large = [threads.submit(via, pool, slow_png(), PLAN, MAX_PIXELS) for _ in range(2)]
+            time.sleep(0.1)
+            small_seconds = []
+            for _ in range(5):
+                begun = time.perf_counter()
+                via(pool, small, PLAN, MAX_PIXELS)
+                small_seconds.append(time.perf_counter() - begun)
+            for future in large:
+                future.result(timeout=60)
+            large_seconds = time.perf_counter() - started
+    assert max(small_seconds) < large_seconds / 4, (small_seconds, large_seconds)

@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from serving_helpers import encode, metric, noise_image, png_claiming_size, serving, slow_png
+from serving_helpers import encode, metric, noise_image, png_claiming_size, serving, slow_png, wait_until_in_flight
 
 MAX_UPLOAD = 256 * 1024
 DECODE_TIMEOUT_S = 0.4
@@ -146,10 +146,7 @@ def test_full_queue_answers_503_with_retry_after(client, good, bomb) -> None:
     thread = threading.Thread(target=post_raw, args=(client, bomb))
     thread.start()
     try:
-        deadline = time.perf_counter() + 5
-        while metric(client.get("/metrics").text, "productrec_images_in_flight") < 1:
-            assert time.perf_counter() < deadline, "the slow image never got in flight"
-            time.sleep(0.01)
+        wait_until_in_flight(client, timeout_s=5)
         files = [("files", (f"{i}.png", good)) for i in range(3)]  # 1 in flight + 3 > queue_limit 3
         response = client.post("/v1/predict/batch", files=files)
         assert_error(response, 503, "overloaded")

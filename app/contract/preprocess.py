@@ -105,11 +105,7 @@ def decode_image(data: bytes, in_chans: int, max_pixels: int) -> Image.Image:
                 image = Image.open(io.BytesIO(data))
             finally:
                 Image.MAX_IMAGE_PIXELS = previous_limit
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageTooLargeError(
-                    f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
-                )
+            check_pixels(*image.size, max_pixels)
             image.seek(0)
             image.load()
             image = ImageOps.exif_transpose(image)
@@ -124,6 +120,12 @@ def decode_image(data: bytes, in_chans: int, max_pixels: int) -> Image.Image:
         raise ImageDecodeError("cannot decode image: not a format Pillow recognises (JPEG, PNG, WebP, GIF, BMP, TIFF, ...)") from exc
     except Exception as exc:  # crafted files make Pillow raise struct.error, IndexError, ... too
         raise ImageDecodeError(f"cannot decode image: {type(exc).__name__}: {exc}") from exc
+
+
+def check_pixels(width: int, height: int, max_pixels: int) -> None:
+    """``ImageTooLargeError`` when a ``width`` x ``height`` image has more than ``max_pixels`` pixels."""
+    if width * height > max_pixels:
+        raise ImageTooLargeError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
 
 
 def to_model_mode(image: Image.Image, in_chans: int) -> Image.Image:

@@ -89,7 +89,55 @@ class Settings(BaseSettings):
         description="Decode worker processes (killed and replaced on timeout).",
     )
     decode_timeout_s: float = Field(
-        10.0, gt=0, description="Longest time one image may take to decode and crop before it is refused (422)."
+        10.0,
+        gt=0,
+        description="Hard cap on the time one image may take to decode and crop before it is refused (422); "
+        "each image's own budget is decode_timeout_base_s + decode_timeout_per_mpixel_s x its megapixels, "
+        "never more than this.",
+    )
+
+    # Decoder bombs (issue 16): header checks before decoding, a time budget per image, a lane for large images.
+    decode_timeout_base_s: float = Field(
+        0.5, gt=0, description="Decode time budget of any image, plus decode_timeout_per_mpixel_s per megapixel."
+    )
+    decode_timeout_per_mpixel_s: float = Field(
+        0.15,
+        ge=0,
+        description="Decode time budget per megapixel of the header's width x height (an image whose size the "
+        "headers do not give is budgeted at max_image_pixels).",
+    )
+    decode_large_image_pixels: int = Field(
+        16_000_000,
+        ge=0,
+        description="Images with more pixels than this, or whose headers are irregular, decode in the large lane, "
+        "which holds at most decode_large_workers decode workers, so small images never wait behind them.",
+    )
+    decode_large_workers: int = Field(
+        0, ge=0, description="Decode workers the large lane may hold at once (0: half of decode_workers, at least 1)."
+    )
+    max_jpeg_scans: int = Field(
+        100,
+        ge=1,
+        description="Most scans (SOS markers) in a JPEG, counted from its headers before decoding; libjpeg walks "
+        "every block once per scan. Common encoders write 1 (baseline) to about 20 (progressive). Above: 422.",
+    )
+    max_image_frames: int = Field(
+        1000, ge=1, description="Most frames or pages (GIF, APNG, WebP, TIFF), counted before decoding. Above: 422."
+    )
+    max_image_chunks: int = Field(
+        10_000,
+        ge=1,
+        description="Most structural pieces one file may have, counted before decoding: PNG chunks, JPEG segments, "
+        "GIF blocks, WebP chunks, TIFF tag entries (a decoder reads each one, in Python for Pillow). Above: 422.",
+    )
+    max_tiff_strips: int = Field(
+        65_536, ge=1, description="Most strips or tiles in one TIFF page, counted before decoding. Above: 422."
+    )
+    max_requests_per_client: int = Field(
+        0,
+        ge=0,
+        description="Most /v1/predict requests one client may have in flight at once, per API key when the service "
+        "has one, else per client address; beyond it 429 with Retry-After. 0: no limit.",
     )
 
     api_key: SecretStr | None = Field(

@@ -10,6 +10,14 @@ Workers are plain subprocesses talking over a socket pair, not
 ``multiprocessing`` children: no fork of the threaded service process, and no
 re-import of the caller's ``__main__``.
 
+Before a worker is taken, ``app.contract.image_cost`` reads the file's headers:
+a file whose structure would cost too much (a JPEG with 20,000 scans) is refused
+at once and never occupies a worker. The headers' width x height also set the
+image's time budget (``DecodePolicy``), and send large or irregular files to a
+bounded lane: they may hold at most ``large_workers`` workers at once, so small
+images always find one free (a pool that grows instead would make them wait the
+0.12-0.29 s a new worker needs to start; see docs/deployment.md).
+
 ``decode`` blocks and is thread-safe (``productrec score`` calls it from threads);
 ``decode_async`` does the same job on the event loop without a thread hop: it
 writes the job to the worker's socket and lets the loop watch that socket for
@@ -28,15 +36,18 @@ import subprocess
 import sys
 import threading
 from collections import deque
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Callable
+from typing import AsyncIterator, Callable, Generic, Iterator, TypeVar
 
 import numpy as np
 
 from app.contract.errors import DomainError
-from app.contract.preprocess import CropPlan
+from app.contract.image_cost import CostLimits, inspect_image
+from app.contract.preprocess import CropPlan, check_pixels
+from app.core.config import Settings
 from app.engine.decode_worker import READY, CropBuffer
 
 log = logging.getLogger("productrec.decode")
@@ -49,6 +60,7 @@ INLINE_SEND_BYTES = 128 * 1024
 # (virtual size: only the pages written are allocated; 5 RGB 224x224 crops are 3 MiB).
 SHARED_BUFFER_BYTES = 64 * 1024 * 1024
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+T = TypeVar("T")
 
 
 class DecodeTimeoutError(DomainError):
@@ -67,6 +79,54 @@ class DecodePoolClosedError(DomainError, RuntimeError):
     """The pool is shut down."""
 
     status, code, retry = 503, "shutting_down", True
+
+
+@dataclass(frozen=True)
+class DecodePolicy:
+    """Per-image rules: header limits, the time budget for its size, and which images take the large lane."""
+
+    cost_limits: CostLimits
+    timeout_base_s: float
+    timeout_per_mpixel_s: float
+    large_image_pixels: int
+    large_workers: int  # 0: half the workers, at least one
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "DecodePolicy":
+        return cls(
+            CostLimits(
+                settings.max_jpeg_scans,
+                settings.max_image_frames,
+                settings.max_image_chunks,
+                settings.max_tiff_strips,
+            ),
+            settings.decode_timeout_base_s,
+            settings.decode_timeout_per_mpixel_s,
+            settings.decode_large_image_pixels,
+            settings.decode_large_workers,
+        )
+
+    @classmethod
+    def default(cls) -> "DecodePolicy":
+        """The policy of the default settings (the environment is not read)."""
+        return cls.from_settings(Settings.model_construct())
+
+    def budget_s(self, pixels: int, cap_s: float) -> float:
+        """Seconds an image of ``pixels`` may take to decode and crop."""
+        return min(cap_s, self.timeout_base_s + self.timeout_per_mpixel_s * pixels / 1e6)
+
+    def lane_workers(self, workers: int) -> int:
+        """Workers the large lane may hold at once."""
+        return min(workers, self.large_workers or max(1, workers // 2))
+
+
+@dataclass(frozen=True)
+class Admission:
+    """An image whose headers passed: its time budget and lane."""
+
+    budget_s: float
+    large: bool
+    size: str  # "WxH" or "unknown size", for messages
 
 
 @dataclass
@@ -133,44 +193,44 @@ class _Worker:
             self.buffer.close()
 
 
-class _IdleWorkers:
-    """The idle workers, for threads (``take``) and coroutines (``take_async``) alike.
+class _Handout(Generic[T]):
+    """Idle items (workers, or the large lane's slots) for threads (``take``) and coroutines (``take_async``) alike.
 
-    A worker put back goes to the coroutine that has waited longest (on the caller's event loop,
+    An item put back goes to the coroutine that has waited longest (on the caller's event loop,
     directly when that is the loop putting it back), else to a waiting thread, else to the list.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, items: list[T] | None = None) -> None:
         self._condition = threading.Condition()
-        self._idle: deque[_Worker] = deque()
+        self._idle: deque[T] = deque(items or [])
         self._coroutines: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = deque()
         self._closed = False
 
-    def put(self, worker: _Worker) -> None:
+    def put(self, item: T) -> None:
         with self._condition:
             while self._coroutines:
                 loop, waiter = self._coroutines.popleft()
                 if waiter.done():  # its coroutine was cancelled
                     continue
                 if _running_loop() is loop:
-                    waiter.set_result(worker)
+                    waiter.set_result(item)
                     return
                 try:
-                    loop.call_soon_threadsafe(self._hand_over, waiter, worker)
+                    loop.call_soon_threadsafe(self._hand_over, waiter, item)
                     return
                 except RuntimeError:  # that loop is closed: its waiter will never run
                     continue
-            self._idle.append(worker)
+            self._idle.append(item)
             self._condition.notify()
 
-    def _hand_over(self, waiter: asyncio.Future, worker: _Worker) -> None:
+    def _hand_over(self, waiter: asyncio.Future, item: T) -> None:
         if waiter.done():  # cancelled on its way
-            self.put(worker)
+            self.put(item)
         else:
-            waiter.set_result(worker)
+            waiter.set_result(item)
 
-    def take(self) -> _Worker:
-        """An idle worker, waiting for one as long as it takes."""
+    def take(self) -> T:
+        """An idle item, waiting for one as long as it takes."""
         with self._condition:
             while not self._idle and not self._closed:
                 self._condition.wait()
@@ -178,7 +238,7 @@ class _IdleWorkers:
                 raise DecodePoolClosedError("the decode pool is shut down")
             return self._idle.popleft()
 
-    async def take_async(self) -> _Worker:
+    async def take_async(self) -> T:
         """``take`` for a coroutine: the event loop stays free while it waits."""
         with self._condition:
             if self._closed:
@@ -204,17 +264,30 @@ class _IdleWorkers:
 
 
 class DecodePool:
-    """``workers`` decode processes with a per-image time limit."""
+    """``workers`` decode processes, each image checked from its headers first and decoded within its budget."""
 
-    def __init__(self, workers: int, timeout_s: float, on_restart: Callable[[], None] | None = None) -> None:
-        self.timeout_s = timeout_s
+    def __init__(
+        self,
+        workers: int,
+        timeout_s: float,
+        on_restart: Callable[[], None] | None = None,
+        policy: DecodePolicy | None = None,
+    ) -> None:
+        self.timeout_s = timeout_s  # the cap on every image's budget
+        self.policy = policy or DecodePolicy.default()
         self._on_restart = on_restart
-        self._idle = _IdleWorkers()
+        self._idle: _Handout[_Worker] = _Handout()
+        self._large_slots = _Handout(list(range(self.policy.lane_workers(workers))))
         self._workers = [_Worker() for _ in range(workers)]
         for worker in self._workers:
             worker.wait_ready()
             self._idle.put(worker)
         self._closed = False
+
+    @classmethod
+    def for_settings(cls, settings: Settings, on_restart: Callable[[], None] | None = None) -> "DecodePool":
+        """The pool the settings describe: workers, cap, header limits, budgets and lane."""
+        return cls(settings.decode_workers, settings.decode_timeout_s, on_restart, DecodePolicy.from_settings(settings))
 
     @property
     def size(self) -> int:
@@ -224,23 +297,36 @@ class DecodePool:
     def pids(self) -> list[int]:
         return [worker.process.pid for worker in self._workers]
 
+    def admit(self, data: bytes, max_pixels: int) -> Admission:
+        """Check the headers (``ImageTooComplexError``, ``ImageTooLargeError``); the image's budget and lane."""
+        cost = inspect_image(data, self.policy.cost_limits)
+        width, height = cost.width, cost.height
+        if width is None or height is None:  # the worker checks the size Pillow reads; budget the largest
+            return Admission(self.policy.budget_s(max_pixels, self.timeout_s), True, "unknown size")
+        check_pixels(width, height, max_pixels)
+        large = cost.irregular or width * height > self.policy.large_image_pixels
+        return Admission(self.policy.budget_s(width * height, self.timeout_s), large, f"{width}x{height}")
+
     def decode(self, data: bytes, plan: CropPlan, max_pixels: int) -> DecodedCrops:
         """Decode and crop one image in a worker; blocks until a worker is free and has answered.
 
-        Raises ``ImageDecodeError``/``ImageTooLargeError`` for bad images, ``DecodeTimeoutError``
-        when the worker took longer than the timeout (it is then replaced).
+        Raises ``ImageTooComplexError`` (from the headers, before any worker is taken),
+        ``ImageDecodeError``/``ImageTooLargeError`` for bad images, ``DecodeTimeoutError``
+        when the worker took longer than the image's budget (it is then replaced).
         """
         self._check_open()
-        checkout = _Checkout(self._idle.take())
-        try:
-            self._revive(checkout)
-            checkout.worker.wait_ready()
-            checkout.worker.connection.send(_job(data, plan, max_pixels))
-            return self._result(checkout, checkout.worker.connection.poll(self.timeout_s))
-        except (EOFError, OSError) as exc:
-            raise self._crashed(checkout, exc) from exc
-        finally:
-            self._idle.put(checkout.worker)
+        admitted = self.admit(data, max_pixels)
+        with self._lane(admitted):
+            checkout = _Checkout(self._idle.take())
+            try:
+                self._revive(checkout)
+                checkout.worker.wait_ready()
+                checkout.worker.connection.send(_job(data, plan, max_pixels))
+                return self._result(checkout, checkout.worker.connection.poll(admitted.budget_s), admitted)
+            except (EOFError, OSError) as exc:
+                raise self._crashed(checkout, exc) from exc
+            finally:
+                self._idle.put(checkout.worker)
 
     async def decode_async(self, data: bytes, plan: CropPlan, max_pixels: int) -> DecodedCrops:
         """``decode`` for the event loop, which watches the worker's socket instead of a thread blocking on it.
@@ -249,27 +335,53 @@ class DecodePool:
         worker's answer is never left for the next job to read.
         """
         self._check_open()
-        job = asyncio.ensure_future(self._decode_on_loop(data, plan, max_pixels))
+        admitted = self.admit(data, max_pixels)
+        job = asyncio.ensure_future(self._decode_on_loop(data, plan, max_pixels, admitted))
         job.add_done_callback(_retrieve)
         return await asyncio.shield(job)
 
-    async def _decode_on_loop(self, data: bytes, plan: CropPlan, max_pixels: int) -> DecodedCrops:
-        checkout = _Checkout(await self._idle.take_async())
+    async def _decode_on_loop(self, data: bytes, plan: CropPlan, max_pixels: int, admitted: Admission) -> DecodedCrops:
+        async with self._lane_async(admitted):
+            checkout = _Checkout(await self._idle.take_async())
+            try:
+                self._revive(checkout)
+                worker = checkout.worker
+                if not worker.ready:
+                    await asyncio.to_thread(worker.wait_ready)
+                job = _job(data, plan, max_pixels)
+                if len(data) > INLINE_SEND_BYTES:
+                    await asyncio.to_thread(worker.connection.send, job)
+                else:
+                    worker.connection.send(job)
+                return self._result(checkout, await _readable(worker.connection, admitted.budget_s), admitted)
+            except (EOFError, OSError) as exc:
+                raise self._crashed(checkout, exc) from exc
+            finally:
+                self._idle.put(checkout.worker)
+
+    @contextmanager
+    def _lane(self, admitted: Admission) -> Iterator[None]:
+        """Hold a slot of the large lane for a large image (waiting for one); nothing for a small one."""
+        if not admitted.large:
+            yield
+            return
+        slot = self._large_slots.take()
         try:
-            self._revive(checkout)
-            worker = checkout.worker
-            if not worker.ready:
-                await asyncio.to_thread(worker.wait_ready)
-            job = _job(data, plan, max_pixels)
-            if len(data) > INLINE_SEND_BYTES:
-                await asyncio.to_thread(worker.connection.send, job)
-            else:
-                worker.connection.send(job)
-            return self._result(checkout, await _readable(worker.connection, self.timeout_s))
-        except (EOFError, OSError) as exc:
-            raise self._crashed(checkout, exc) from exc
+            yield
         finally:
-            self._idle.put(checkout.worker)
+            self._large_slots.put(slot)
+
+    @asynccontextmanager
+    async def _lane_async(self, admitted: Admission) -> AsyncIterator[None]:
+        """``_lane`` for a coroutine."""
+        if not admitted.large:
+            yield
+            return
+        slot = await self._large_slots.take_async()
+        try:
+            yield
+        finally:
+            self._large_slots.put(slot)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -280,12 +392,13 @@ class DecodePool:
         if checkout.worker.process.poll() is not None:
             checkout.worker = self._replace(checkout.worker, f"exited with status {checkout.worker.process.returncode}")
 
-    def _result(self, checkout: _Checkout, answered: bool) -> DecodedCrops:
+    def _result(self, checkout: _Checkout, answered: bool, admitted: Admission) -> DecodedCrops:
         """The crops of the worker's answer; a worker that did not answer in time is replaced."""
         if not answered:
             checkout.worker = self._replace(checkout.worker, "timed out")
             raise DecodeTimeoutError(
-                f"decoding took longer than {self.timeout_s:g} s; the image is too expensive to decode"
+                f"decoding took longer than {admitted.budget_s:g} s, the budget for an image of {admitted.size}; "
+                "the image is too expensive to decode"
             )
         answer = checkout.worker.connection.recv()
         if answer[0] == "error":
@@ -313,6 +426,7 @@ class DecodePool:
             return
         self._closed = True
         self._idle.close()
+        self._large_slots.close()
         for worker in self._workers:
             worker.stop()
 

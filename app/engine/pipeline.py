@@ -121,7 +121,7 @@ class Pipeline:
         settings = self.settings
         if self.pool is None:
             self.pool = await asyncio.to_thread(
-                DecodePool, settings.decode_workers, settings.decode_timeout_s, self.metrics.decode_worker_restarts.inc
+                DecodePool.for_settings, settings, self.metrics.decode_worker_restarts.inc
             )
         self.batcher = DynamicBatcher(
             self.infer,

@@ -88,9 +88,7 @@ class ModelRepository:
     async def start(self) -> None:
         """Start the decode workers and load the ensemble; a bad repository leaves the service up but not ready."""
         settings = self.settings
-        self.pool = await asyncio.to_thread(
-            DecodePool, settings.decode_workers, settings.decode_timeout_s, self.metrics.decode_worker_restarts.inc
-        )
+        self.pool = await asyncio.to_thread(DecodePool.for_settings, settings, self.metrics.decode_worker_restarts.inc)
         self._fingerprint = await asyncio.to_thread(repository_fingerprint, self.repository)
         try:
             await self.load()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.datastructures import FormData
 
+from app.api.client_limit import client_slot
 from app.api.deps import PipelineDep, SettingsDep
 from app.api.errors import ApiError, api_error_for, record_error
 from app.api.options import OPTION_TYPES, option_value
@@ -15,8 +16,9 @@ from app.core.config import Settings
 from app.api.schemas import BatchItem, BatchPrediction, ErrorResponse, Prediction
 from app.engine.pipeline import ImageResult, Pipeline
 
-# Behind the API key when one is set: create_app adds the check (and its 401) to the spec only then.
-router = APIRouter(prefix="/v1", tags=["predict"])
+# Behind the API key when one is set: create_app adds the check (and its 401) to the spec only then; the
+# per-client limit runs after it, so a request with a wrong key never takes a client's slot.
+router = APIRouter(prefix="/v1", tags=["predict"], dependencies=[Depends(client_slot)])
 
 TopKQuery = Annotated[
     int | None,
@@ -81,7 +83,8 @@ COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
     400: _error("Malformed request (empty file, broken multipart body)."),
     413: _error("Upload over max_upload_bytes / max_request_bytes, image over max_image_pixels, or too many files."),
     415: _error("Not an image Pillow can decode, or a content type other than multipart or image/*."),
-    422: _error("Invalid parameter (top_k out of 1..classes), missing field, or an image too slow to decode."),
+    422: _error("Invalid parameter (top_k out of 1..classes), missing field, or an image too costly to decode."),
+    429: _error("This client has max_requests_per_client requests in flight already (Retry-After)."),
     503: _error("Not ready (the reason is in detail), or the queue is full (Retry-After)."),
 }
 
