@@ -91,7 +91,7 @@ def init_distributed(device: torch.device) -> RankInfo:
     dist.init_process_group(backend=backend, init_method="env://")
     rank = RankInfo(device, dist.get_rank(), local_rank, dist.get_world_size(), backend)
     if not rank.is_primary:
-        logging.getLogger("productrec").setLevel(logging.WARNING)  # one log for the run, rank 0's
+        logging.getLogger().setLevel(logging.WARNING)  # one log for the run: rank 0's (and every rank's warnings)
     log.info("process group: %d processes, backend %s", rank.world_size, backend)
     return rank
 
