@@ -128,7 +128,10 @@ def wrap_ddp(model: nn.Module, rank: RankInfo) -> nn.Module:
 
 
 def uneven_inputs(model: nn.Module) -> ContextManager[Any]:
-    """DDP's join: a rank whose shard lost a batch to unreadable images must not leave the others waiting."""
+    """DDP's join: a rank whose shard lost a batch to unreadable images must not leave the others waiting.
+
+    (PyTorch's join does not cover SyncBatchNorm: with --sync-bn, unreadable training images can stall a run.)
+    """
     return model.join() if isinstance(model, DistributedDataParallel) else nullcontext()
 
 
