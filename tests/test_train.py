@@ -18,7 +18,8 @@ from training.data import build_splits
 from training.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from training.models import create_model
 from training.runs import BEST_CHECKPOINT, CONFIG_FILE, CURVES_FILE, DATA_FILE, LAST_CHECKPOINT, METRICS_FILE, load_checkpoint
-from training.train import EpochSampler, PlateauSchedule, Skipped, TorchImageSet, TrainingRun, collate, train
+from training.loaders import EpochSampler, Skipped, TorchImageSet, collate
+from training.train import ErrorCount, PlateauSchedule, TrainingRun, train
 
 TINY = {"model": "test_resnet", "input_size": 16, "tta_sizes": (16, 18, 20), "batch_size": 8, "val_per_class": 4}
 
@@ -66,7 +67,7 @@ def test_plateau_schedule_state_round_trips() -> None:
 
 def test_training_applies_the_schedule_and_stops_below_min_lr(image_folder: Path, tmp_path: Path, train_config, monkeypatch) -> None:
     """With a validation error that never improves, lr goes 0.01 -> 0.001 and training stops before 10 epochs."""
-    monkeypatch.setattr("training.train.top1_error", lambda *args, **kwargs: 0.5)
+    monkeypatch.setattr("training.train.top1_error", lambda *args, **kwargs: ErrorCount(1, 2))
     options = {k: v for k, v in TINY.items() if k != "val_per_class"}
     config = train_config(DataConfig(dataset=str(image_folder), val_per_class=4), tmp_path / "run", epochs=10, lr=0.01, patience=1, min_lr=1e-3, **options)
     run_dir = train(config)

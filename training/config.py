@@ -131,6 +131,29 @@ class RunConfig:
     amp: bool = field(default=True, metadata={"help": "mixed precision on CUDA (ignored on the CPU)"})
 
 
+LR_SCALING_RULES = ("none", "linear")
+
+
+@dataclass
+class DistributedConfig:
+    """Data-parallel training over several processes (PyTorch DDP); torchrun-started runs read RANK/WORLD_SIZE/LOCAL_RANK."""
+
+    nproc_per_node: int = field(
+        default=1,
+        metadata={"help": "training processes on this machine, launched through torch.distributed.run (nccl on CUDA, gloo on the CPU); "
+                  "ignored when torchrun started this process"},
+    )
+    sync_bn: bool = field(default=False, metadata={"help": "synchronise BatchNorm statistics over the processes (SyncBatchNorm; CUDA only)"})
+    lr_scaling: str = field(
+        default="none",
+        metadata={
+            "help": "learning-rate rule for the effective batch (--batch-size x world size): none keeps --lr and --min-lr; "
+            "linear multiplies both by the world size (Goyal et al. 2017)",
+            "choices": list(LR_SCALING_RULES),
+        },
+    )
+
+
 @dataclass
 class TrainConfig:
     """A whole training run; saved as the run's ``config.json`` and into the manifest."""
@@ -140,6 +163,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -174,6 +198,7 @@ class TrainConfig:
             (self.loss.alpha >= 0 and self.loss.beta >= 0, "--alpha and --beta must be >= 0"),
             (self.loss.log_zero < 0, "--log-zero (A = log 0) must be < 0"),
             (self.run.workers >= 0, "--workers must be >= 0"),
+            (self.distributed.nproc_per_node >= 1, "--nproc-per-node must be >= 1"),
             (0 <= self.data.noise_rate < 1, "--noise-rate must be in [0, 1)"),
             (self.data.imbalance_ratio >= 1, "--imbalance-ratio must be >= 1"),
             (0 < self.data.val_fraction < 1, "--val-fraction must be in (0, 1)"),
@@ -208,6 +233,7 @@ SECTIONS: dict[str, type] = {
     "loss": LossConfig,
     "optim": OptimConfig,
     "run": RunConfig,
+    "distributed": DistributedConfig,
 }
 
 

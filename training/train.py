@@ -6,6 +6,10 @@ improved for ``patience`` epochs, and training stops when it would fall below
 and validation the single centre crop of ``app.contract.preprocess.tta_crops``: the same
 resize and crop code the service runs. See ``training.runs`` for what a run
 directory holds.
+
+Several processes train one model with DDP (``--nproc-per-node`` or ``torchrun``, see
+``training.distributed``): each rank trains on its shard of every epoch, validation errors are
+summed over the ranks, and rank 0 writes the run directory.
 """
 
 from __future__ import annotations
@@ -16,23 +20,38 @@ import json
 import logging
 import math
 import random
+import shlex
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from app.cli import CommandError
 from app.contract.manifest import write_json
-from app.contract.preprocess import PreprocessConfig, random_scaled_crop, tta_crops
 from training.config import FMNIST_BENCHMARK, ConfigError, TrainConfig, command_line, config_from_args, user_errors
-from training.data import ImageSet, Splits, build_splits, validation_summary
+from training.data import Splits, build_splits, validation_summary
+from training.distributed import (
+    BatchAndLr,
+    RankInfo,
+    average_buffers,
+    check_sync_bn,
+    convert_sync_bn,
+    gather_over_ranks,
+    launch,
+    launched_by_torchrun,
+    process_group,
+    sum_over_ranks,
+    uneven_inputs,
+    wrap_ddp,
+)
 from training.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD
-from training.image_sets import BadImageError
+from training.loaders import SkipLog, TorchImageSet, make_loader
 from training.losses import SymmetricCrossEntropy, create_loss
 from training.models import check_model_config, create_model, model_normalization
 from training.plots import plot_curves
@@ -93,109 +112,6 @@ class PlateauSchedule:
             setattr(self, key, value)
 
 
-# --------------------------------------------------------------------------- data
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A sample whose image could not be read (reported once, left out of the batch)."""
-
-    reason: str
-
-
-@dataclass
-class Batch:
-    images: torch.Tensor | None  # None when every sample of the batch was skipped
-    labels: torch.Tensor | None
-    skipped: list[str]
-
-
-class EpochSampler(Sampler[tuple[int, int]]):
-    """Yields (epoch, index): a reshuffle per epoch, seeded by (seed, epoch), so a resumed run sees the same order."""
-
-    def __init__(self, size: int, seed: int, shuffle: bool) -> None:
-        self.size, self.seed, self.shuffle, self.epoch = size, seed, shuffle, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.size, generator=generator).tolist()
-        else:
-            order = range(self.size)
-        return ((self.epoch, index) for index in order)
-
-
-class TorchImageSet(Dataset):
-    """An ``ImageSet`` as tensors: random scaled crops for training, the first TTA size's centre crop otherwise.
-
-    Keys are (epoch, index); the augmentation is seeded by (seed, epoch, index),
-    so it is the same whatever the number of workers, and after a resume.
-    """
-
-    def __init__(self, images: ImageSet, preprocess: PreprocessConfig, augment: bool, flip: bool = False, seed: int = 0) -> None:
-        self.images, self.preprocess, self.augment, self.flip, self.seed = images, preprocess, augment, flip, seed
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int] | Skipped:
-        epoch, index = key
-        try:
-            image = self.images.load(index)
-        except BadImageError as exc:
-            return Skipped(str(exc))
-        if self.augment:
-            rng = np.random.default_rng((self.seed, epoch, index))
-            pixels = random_scaled_crop(image, self.preprocess, rng, self.flip)
-        else:
-            pixels = tta_crops(image, self.preprocess, self.preprocess.sizes(tta=False))[0]
-        return torch.from_numpy(pixels), int(self.images.labels[index])
-
-
-def collate(samples: Sequence[tuple[torch.Tensor, int] | Skipped]) -> Batch:
-    """Stack the readable samples; keep the reasons of the skipped ones."""
-    good = [sample for sample in samples if not isinstance(sample, Skipped)]
-    skipped = [sample.reason for sample in samples if isinstance(sample, Skipped)]
-    if not good:
-        return Batch(None, None, skipped)
-    images, labels = default_collate(good)
-    return Batch(images, labels, skipped)
-
-
-def make_loader(dataset: TorchImageSet, batch_size: int, workers: int, seed: int, shuffle: bool, pin_memory: bool) -> DataLoader:
-    sampler = EpochSampler(len(dataset), seed, shuffle)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        collate_fn=collate,
-        pin_memory=pin_memory,
-        # A last batch of one sample breaks BatchNorm in training mode.
-        drop_last=shuffle and len(dataset) > batch_size,
-    )
-
-
-class SkipLog:
-    """Logs each unreadable image once and remembers it for data.json."""
-
-    def __init__(self) -> None:
-        self.reasons: list[str] = []
-
-    def add(self, reasons: Sequence[str]) -> None:
-        for reason in reasons:
-            if reason not in self.reasons:
-                log.warning("skipping unreadable image %s", reason)
-                self.reasons.append(reason)
-
-
 # --------------------------------------------------------------------------- device and RNG
 
 
@@ -244,11 +160,23 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- one epoch
 
 
-@dataclass
+@dataclass(frozen=True)
 class EpochResult:
     loss: float
     error: float
     samples: int
+
+
+@dataclass(frozen=True)
+class ErrorCount:
+    """Top-1 mistakes among the images seen, summed over the ranks."""
+
+    wrong: int
+    seen: int
+
+    @property
+    def error(self) -> float:
+        return self.wrong / self.seen
 
 
 def train_one_epoch(
@@ -261,37 +189,41 @@ def train_one_epoch(
     amp_dtype: torch.dtype | None,
     skips: SkipLog,
     description: str,
+    show_progress: bool = True,
 ) -> EpochResult:
+    """One pass over the loader; loss, error and sample count are those of all ranks together."""
     model.train()
     total_loss, wrong, seen = 0.0, 0, 0
-    progress = tqdm(loader, desc=description, unit="batch", leave=False, dynamic_ncols=True)
-    for batch in progress:
-        skips.add(batch.skipped)
-        if batch.images is None or len(batch.labels) < 2:
-            continue
-        images = batch.images.to(device, non_blocking=True)
-        labels = batch.labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = model(images)
-        loss = loss_fn(logits, labels)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{description}: the loss is {loss.item()} (lower --lr?)")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        total_loss += loss.item() * len(labels)
-        wrong += int((logits.argmax(dim=1) != labels).sum())
-        seen += len(labels)
-        progress.set_postfix(loss=f"{total_loss / seen:.4f}", error=f"{wrong / seen:.3f}")
+    progress = tqdm(loader, desc=description, unit="batch", leave=False, dynamic_ncols=True, disable=not show_progress)
+    with uneven_inputs(model):
+        for batch in progress:
+            skips.add(batch.skipped)
+            if batch.images is None or len(batch.labels) < 2:
+                continue
+            images = batch.images.to(device, non_blocking=True)
+            labels = batch.labels.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                logits = model(images)
+            loss = loss_fn(logits, labels)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{description}: the loss is {loss.item()} (lower --lr?)")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            total_loss += loss.item() * len(labels)
+            wrong += int((logits.argmax(dim=1) != labels).sum())
+            seen += len(labels)
+            progress.set_postfix(loss=f"{total_loss / seen:.4f}", error=f"{wrong / seen:.3f}")
+    total_loss, wrong, seen = sum_over_ranks([total_loss, wrong, seen], device)
     if seen == 0:
         raise RuntimeError(f"{description}: no readable training image")
-    return EpochResult(total_loss / seen, wrong / seen, seen)
+    return EpochResult(total_loss / seen, wrong / seen, int(seen))
 
 
 @torch.inference_mode()
-def top1_error(model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype: torch.dtype | None, skips: SkipLog) -> float:
-    """Top-1 error of ``model`` over ``loader`` (unreadable images are left out)."""
+def top1_error(model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype: torch.dtype | None, skips: SkipLog) -> ErrorCount:
+    """Top-1 mistakes of ``model`` over ``loader``, summed over the ranks' shards (unreadable images are left out)."""
     model.eval()
     wrong, seen = 0, 0
     for batch in loader:
@@ -302,9 +234,10 @@ def top1_error(model: nn.Module, loader: DataLoader, device: torch.device, amp_d
             logits = model(batch.images.to(device, non_blocking=True))
         wrong += int((logits.argmax(dim=1).cpu() != batch.labels).sum())
         seen += len(batch.labels)
+    wrong, seen = sum_over_ranks([wrong, seen], device)
     if seen == 0:
         raise RuntimeError("no readable validation image")
-    return wrong / seen
+    return ErrorCount(int(wrong), int(seen))
 
 
 # --------------------------------------------------------------------------- the run
@@ -347,50 +280,72 @@ def data_summary(splits: Splits, config: TrainConfig) -> dict[str, Any]:
     }
 
 
-class TrainingRun:
-    """One run, prepared (data, model, optimizer, possibly resumed) and ready to ``fit``."""
+def check_options(config: TrainConfig) -> None:
+    """Refuse options that cannot work before any data is read (``ConfigError``)."""
+    config.validate()
+    check_model_config(config.model.model, None if config.run.resume else config.model.pretrained)
+    run_dir = Path(config.run.output)
+    if not config.run.resume and (run_dir / LAST_CHECKPOINT).exists():
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --output")
 
-    def __init__(self, config: TrainConfig, command: str = "") -> None:
+
+class TrainingRun:
+    """One run, prepared (data, model, optimizer, possibly resumed) and ready to ``fit``.
+
+    Under DDP every rank prepares the same run (the whole training split and its class counts, rank 0's
+    last.pt on resume) and trains on its shard of each epoch; only rank 0 writes the run directory.
+    """
+
+    def __init__(self, config: TrainConfig, command: str = "", rank: RankInfo | None = None) -> None:
         """Check the options and read the data, raising ``ConfigError``/``ValueError``/``FileNotFoundError`` on bad input."""
-        config.validate()
-        check_model_config(config.model.model, None if config.run.resume else config.model.pretrained)
-        self.run_dir = Path(config.run.output)
-        last = self.run_dir / LAST_CHECKPOINT
-        if not config.run.resume and last.exists():
-            raise ConfigError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --output")
-        self.device = resolve_device(config.run.device)
+        check_options(config)
+        self.rank = rank or RankInfo(resolve_device(config.run.device))
+        self.device, self.run_dir = self.rank.device, Path(config.run.output)
         self.amp_dtype = autocast_dtype(self.device, config.run.amp)
+        self.command = command or command_line(config)
         seed_everything(config.run.seed)
         self.splits = build_splits(config.data)
-        resume_from = load_checkpoint(last) if config.run.resume else None
-        pretrained = None if resume_from else config.model.pretrained
-        self.model = create_model(
-            config.model.model, len(self.splits.label_names), self.splits.in_chans, pretrained, config.model.model_kwargs
-        )
-        self.command = command or command_line(config)
-        self.config = resolve_config(config, self.splits, self.model)
-        self.model.to(self.device)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
-
-        optim = self.config.optim
-        loss = self.config.loss.spec()
-        self.loss_fn = create_loss(loss.name, self.splits.class_counts.tolist(), **loss.params).to(self.device)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.schedule = PlateauSchedule(optim.lr, optim.patience, optim.min_lr)
-        self.start_epoch, self.best_epoch = 0, 0
-        self.skips = SkipLog()
+        resume_from = load_checkpoint(self.run_dir / LAST_CHECKPOINT) if config.run.resume else None
+        self.config = self._build_model(config, pretrained=resume_from is None)
+        self._build_optimisation()
         if resume_from is not None:
             self._resume(resume_from)
-        self.preprocess = preprocess_config(self.config.model, self.splits.in_chans)
+        self.trained_model = wrap_ddp(self.model, self.rank)
+        self._build_loaders()
 
+    def _build_model(self, config: TrainConfig, pretrained: bool) -> TrainConfig:
+        """The model on its device (SyncBatchNorm when asked); returns ``config`` with mean/std resolved."""
+        model = create_model(
+            config.model.model, len(self.splits.label_names), self.splits.in_chans,
+            config.model.pretrained if pretrained else None, config.model.model_kwargs,
+        )
+        resolved = resolve_config(config, self.splits, model)
+        self.model = convert_sync_bn(model.to(self.device), self.rank, config.distributed.sync_bn)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
+        return resolved
+
+    def _build_optimisation(self) -> None:
+        """The loss (class weights of the whole training split), SGD at the rule's learning rate, the AMP scaler and the schedule."""
+        optim, loss = self.config.optim, self.config.loss.spec()
+        self.batch_and_lr = BatchAndLr.resolve(optim, self.config.distributed.lr_scaling, self.rank)
+        self.loss_fn = create_loss(loss.name, self.splits.class_counts.tolist(), **loss.params).to(self.device)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.batch_and_lr.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.schedule = PlateauSchedule(self.batch_and_lr.lr, optim.patience, self.batch_and_lr.min_lr)
+        self.start_epoch, self.best_epoch = 0, 0
+        self.skips = SkipLog()
+
+    def _build_loaders(self) -> None:
+        """This rank's shards of the training and validation splits."""
+        run, rank = self.config.run, self.rank
+        self.preprocess = preprocess_config(self.config.model, self.splits.in_chans)
         pin = self.device.type == "cuda"
-        run = self.config.run
         train_set = TorchImageSet(self.splits.train, self.preprocess, augment=True, flip=self.config.model.hflip, seed=run.seed)
         val_set = TorchImageSet(self.splits.val, self.preprocess, augment=False)
-        self.train_loader = make_loader(train_set, optim.batch_size, run.workers, run.seed, shuffle=True, pin_memory=pin)
-        self.val_loader = make_loader(val_set, optim.batch_size * 2, run.workers, run.seed, shuffle=False, pin_memory=pin)
+        batch_size = self.config.optim.batch_size
+        self.train_loader = make_loader(train_set, batch_size, run.workers, run.seed, True, pin, rank.rank, rank.world_size)
+        self.val_loader = make_loader(val_set, batch_size * 2, run.workers, run.seed, False, pin, rank.rank, rank.world_size)
 
     def _resume(self, checkpoint: dict[str, Any]) -> None:
         for key, expected in (("architecture", self.config.model.model), ("data_fingerprint", self.splits.fingerprint)):
@@ -405,7 +360,7 @@ class TrainingRun:
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.schedule.load_state_dict(checkpoint["schedule"])
         # The learning rate and the plateau state continue; patience and min_lr are the options given now.
-        self.schedule.patience, self.schedule.min_lr = self.config.optim.patience, self.config.optim.min_lr
+        self.schedule.patience, self.schedule.min_lr = self.config.optim.patience, self.batch_and_lr.min_lr
         self.start_epoch, self.best_epoch = int(checkpoint["epoch"]), int(checkpoint["best_epoch"])
         restore_rng_state(checkpoint["rng"])
         log.info("resuming %s after epoch %d (best validation error %.4f at epoch %d)", self.run_dir, self.start_epoch, self.schedule.best, self.best_epoch)
@@ -425,9 +380,9 @@ class TrainingRun:
         }
 
     def _write_run_files(self) -> list[dict[str, Any]]:
-        """config.json and data.json; on resume, the metrics of the epochs the checkpoint holds."""
+        """config.json (with the world size, effective batch and learning rate) and data.json; on resume, the metrics of the epochs the checkpoint holds."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.run_dir / CONFIG_FILE, {**self.config.to_dict(), "command": self.command})
+        write_json(self.run_dir / CONFIG_FILE, {**self.config.to_dict(), "command": self.command, "world": dataclasses.asdict(self.batch_and_lr)})
         write_json(self.run_dir / DATA_FILE, data_summary(self.splits, self.config))
         metrics_path = self.run_dir / METRICS_FILE
         records = []
@@ -438,7 +393,7 @@ class TrainingRun:
         return records
 
     def _epoch(self, epoch: int) -> dict[str, Any]:
-        """Train one epoch, validate, step the schedule, log the metrics and save the checkpoints."""
+        """Train one epoch, validate, step the schedule; rank 0 logs the metrics and saves the checkpoints."""
         optim = self.config.optim
         started = time.perf_counter()
         lr = self.schedule.lr
@@ -447,51 +402,63 @@ class TrainingRun:
         self.loss_fn.set_epoch(epoch)
         self.train_loader.sampler.set_epoch(epoch)
         result = train_one_epoch(
-            self.model, self.train_loader, self.loss_fn, self.optimizer, self.scaler, self.device,
-            self.amp_dtype, self.skips, f"epoch {epoch + 1}/{optim.epochs}",
+            self.trained_model, self.train_loader, self.loss_fn, self.optimizer, self.scaler, self.device,
+            self.amp_dtype, self.skips, f"epoch {epoch + 1}/{optim.epochs}", show_progress=self.rank.is_primary,
         )
-        val_error = top1_error(self.model, self.val_loader, self.device, self.amp_dtype, self.skips)
-        improved = self.schedule.step(val_error)
+        average_buffers(self.model)
+        val = top1_error(self.model, self.val_loader, self.device, self.amp_dtype, self.skips)
+        for reasons in gather_over_ranks(self.skips.reasons):
+            self.skips.add(reasons)
+        improved = self.schedule.step(val.error)
+        if improved:
+            self.best_epoch = epoch + 1
         record = {
             "epoch": epoch + 1,
             "train_loss": result.loss,
             "train_error": result.error,
-            "val_error": val_error,
+            "val_error": val.error,
             "lr": lr,
             "seconds": time.perf_counter() - started,
             "train_samples": result.samples,
+            "val_samples": val.seen,
         }
-        with open(self.run_dir / METRICS_FILE, "a") as metrics:
-            metrics.write(json.dumps(record) + "\n")
-        if improved:
-            self.best_epoch = epoch + 1
-            save_checkpoint(self.run_dir / BEST_CHECKPOINT, {
-                **self._metadata(), "model": self.model.state_dict(), "epoch": epoch + 1, "val_error": val_error,
-            })
-        save_checkpoint(self.run_dir / LAST_CHECKPOINT, {
-            **self._metadata(),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "epoch": epoch + 1,
-            "best_epoch": self.best_epoch,
-            "rng": rng_state(),
-        })
+        if self.rank.is_primary:
+            self._save(record, improved)
         log.info(
             "epoch %d/%d: loss %.4f, train error %.4f, val error %.4f%s, lr %.1e, %.1fs",
-            epoch + 1, optim.epochs, result.loss, result.error, val_error, " (best)" if improved else "", lr, record["seconds"],
+            epoch + 1, optim.epochs, result.loss, result.error, val.error, " (best)" if improved else "", lr, record["seconds"],
         )
         return record
 
+    def _save(self, record: dict[str, Any], improved: bool) -> None:
+        """The epoch's metrics line, best.pt when it improved, and last.pt."""
+        with open(self.run_dir / METRICS_FILE, "a") as metrics:
+            metrics.write(json.dumps(record) + "\n")
+        weights = {**self._metadata(), "model": self.model.state_dict(), "epoch": record["epoch"]}
+        if improved:
+            save_checkpoint(self.run_dir / BEST_CHECKPOINT, {**weights, "val_error": record["val_error"]})
+        save_checkpoint(self.run_dir / LAST_CHECKPOINT, {
+            **weights,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "best_epoch": self.best_epoch,
+            "rng": rng_state(),
+        })
+
     def fit(self) -> Path:
         """Train until the schedule finishes or ``epochs``; returns the run directory."""
-        records = self._write_run_files()
-        optim = self.config.optim
+        primary = self.rank.is_primary
+        records = self._write_run_files() if primary else []
+        optim, world = self.config.optim, self.batch_and_lr
         log.info(
             "training %s on %s (%s): %d train / %d val images, %d classes; run directory %s",
             self.config.model.model, self.device, self.amp_dtype or "fp32", len(self.splits.train),
             len(self.splits.val), len(self.splits.label_names), self.run_dir,
+        )
+        log.info(
+            "%d process(es) x batch %d = effective batch %d; lr %.3g, min lr %.3g (--lr-scaling %s)",
+            world.world_size, world.batch_size_per_process, world.effective_batch_size, world.lr, world.min_lr, world.lr_scaling,
         )
         last_plot = time.monotonic()
         try:
@@ -499,29 +466,52 @@ class TrainingRun:
                 if self.schedule.finished:
                     break
                 records.append(self._epoch(epoch))
-                if time.monotonic() - last_plot >= PLOT_INTERVAL_S:
+                if primary and time.monotonic() - last_plot >= PLOT_INTERVAL_S:
                     plot_curves(records, self.run_dir / CURVES_FILE)
                     last_plot = time.monotonic()
         finally:
-            if records:
+            if primary and records:
                 plot_curves(records, self.run_dir / CURVES_FILE)
-            if self.skips.reasons:
+            if primary and self.skips.reasons:
                 write_json(self.run_dir / DATA_FILE, {**data_summary(self.splits, self.config), "skipped_while_training": self.skips.reasons})
         if self.schedule.finished:
-            log.info("learning rate fell below --min-lr %.1e: stopped", optim.min_lr)
+            log.info("learning rate fell below --min-lr %.1e: stopped", world.min_lr)
         log.info("best validation top-1 error %.4f at epoch %d; %s", self.schedule.best, self.best_epoch, self.run_dir / BEST_CHECKPOINT)
         return self.run_dir
 
 
 def train(config: TrainConfig, command: str = "") -> Path:
-    """Train a model as ``config`` says; returns the run directory (see ``training.runs``)."""
-    return TrainingRun(config, command).fit()
+    """Train a model as ``config`` says, in the process group torchrun described if any; returns the run directory (see ``training.runs``)."""
+    with process_group(resolve_device(config.run.device)) as rank:
+        return TrainingRun(config, command, rank).fit()
+
+
+def launch_workers(config: TrainConfig) -> int:
+    """``--nproc-per-node N``: the same command in N processes through torch.distributed.run."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    processes = config.distributed.nproc_per_node
+    try:
+        launch(processes, shlex.split(command_line(config))[1:])
+    except ChildFailedError as exc:
+        raise CommandError(f"a training process of {processes} failed (its error is above)") from exc
+    return 0
 
 
 def main(args: argparse.Namespace) -> int:
-    """``productrec train``."""
+    """``productrec train``: in this process, or (``--nproc-per-node`` > 1, not under torchrun) in several."""
     with user_errors():
-        run = TrainingRun(config_from_args(args))
-    run_dir = run.fit()
-    print(f"run directory: {run_dir} (best validation top-1 error {run.schedule.best:.4f} at epoch {run.best_epoch})")
+        config = config_from_args(args)
+        check_options(config)
+        device = resolve_device(config.run.device)
+        if config.distributed.nproc_per_node > 1:
+            check_sync_bn(config.distributed.sync_bn, device)
+    if config.distributed.nproc_per_node > 1 and not launched_by_torchrun():
+        return launch_workers(config)
+    with process_group(device) as rank:
+        with user_errors():
+            run = TrainingRun(config, rank=rank)
+        run_dir = run.fit()
+    if rank.is_primary:
+        print(f"run directory: {run_dir} (best validation top-1 error {run.schedule.best:.4f} at epoch {run.best_epoch})")
     return 0
