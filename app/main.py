@@ -12,18 +12,22 @@ import os
 import tempfile
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, AsyncIterator, Iterator
 
 from fastapi import FastAPI
 
 from app.api.errors import install_error_handlers
 from app.api.middleware import MetricsMiddleware
-from app.api.routes import health, metrics, models, predict
+from app.api.routes import health, metrics, models, predict, v2
 from app.core.config import Settings, get_settings
 from app.contract.manifest import ENSEMBLE_FILE
 from app.engine.ensemble import Ensemble, ProviderUnavailableError, require_cuda
 from app.engine.metrics import MULTIPROCESS_DIR_ENV, ServingMetrics
 from app.engine.pipeline import Pipeline
+from app.protocol.stats import Statistics
+
+if TYPE_CHECKING:
+    import grpc
 
 log = logging.getLogger("productrec.app")
 
@@ -36,6 +40,9 @@ multi-crop test-time augmentation per member, top-1 voting across members, top-k
 Send an image: `curl -F file=@photo.jpg http://localhost:8000/v1/predict`
 or `curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' http://localhost:8000/v1/predict`.
 Errors are JSON `{"error": code, "detail": text}`.
+
+The Open Inference Protocol (KServe v2, as Triton speaks it) is served under `/v2`, and over gRPC
+on `PRODUCTREC_GRPC_PORT` when set; its errors are `{"error": text}`.
 """
 
 
@@ -66,15 +73,30 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             [f"{m.manifest.name}/{m.manifest.version}" for m in ensemble.members],
             sorted({provider for m in ensemble.members for provider in m.providers}),
         )
+    grpc_server = None
     try:
+        grpc_server = await _start_grpc(app, settings)
         yield
     finally:
+        if grpc_server is not None:
+            from app.grpc.server import stop_grpc_server
+
+            await stop_grpc_server(grpc_server)
         app.state.pipeline = None
         app.state.load_error = "shutting down"
         metrics.ready.set(0)
         if pipeline is not None:
             await pipeline.close()
         metrics.process_exited()
+
+
+async def _start_grpc(app: FastAPI, settings: Settings) -> "grpc.aio.Server | None":
+    """The v2 gRPC server when ``grpc_port`` is set (imported only then: see ``app.grpc``)."""
+    if settings.grpc_port is None:
+        return None
+    from app.grpc.server import start_grpc_server
+
+    return await start_grpc_server(app, settings.host, settings.grpc_port)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -91,15 +113,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "models", "description": "What is being served."},
             {"name": "health", "description": "Liveness and readiness probes."},
             {"name": "metrics", "description": "Prometheus metrics."},
+            {"name": "v2", "description": "The Open Inference Protocol (KServe v2) with Triton's extensions."},
         ],
     )
     app.state.settings = settings
     app.state.metrics = ServingMetrics()
     app.state.pipeline = None
     app.state.load_error = "the model repository is still loading"
+    app.state.v2_statistics = Statistics()
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-    for router in (predict.router, models.router, health.router, metrics.router):
+    for router in (predict.router, models.router, health.router, metrics.router, v2.router, v2.models_router):
         app.include_router(router)
     return app
 
