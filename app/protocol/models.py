@@ -116,15 +116,23 @@ async def run_inference(model: V2Model, request: InferRequest, statistics: Stati
     return response
 
 
-def _triton_config(
-    name: str, platform: str, max_batch_size: int, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]
-) -> dict[str, Any]:
-    """The subset of Triton's model configuration JSON that clients read (image_client.py among them)."""
-    return {"name": name, "platform": platform, "max_batch_size": max_batch_size, "input": inputs, "output": outputs}
-
-
 def _config_tensor(spec: TensorSpec, dims: Sequence[int], **extra: Any) -> dict[str, Any]:
     return {"name": spec.name, "data_type": _CONFIG_TYPES[spec.datatype], "dims": list(dims), **extra}
+
+
+def _triton_config(
+    metadata: ModelMetadata, max_batch_size: int, input_dims: Sequence[int], **input_extra: Any
+) -> dict[str, Any]:
+    """The subset of Triton's model configuration JSON that clients read (image_client.py among them):
+    dims without the batch dimension, as Triton's are when ``max_batch_size`` > 0."""
+    (inputs,), (outputs,) = metadata.inputs, metadata.outputs
+    return {
+        "name": metadata.name,
+        "platform": metadata.platform,
+        "max_batch_size": max_batch_size,
+        "input": [_config_tensor(inputs, input_dims, **input_extra)],
+        "output": [_config_tensor(outputs, outputs.shape[1:])],
+    }
 
 
 def _single_input(request: InferRequest, spec: TensorSpec, model: str) -> Tensor:
@@ -197,15 +205,9 @@ class EnsembleModel:
         )
 
     def config(self) -> dict[str, Any]:
-        (image,), (probabilities,) = self.metadata.inputs, self.metadata.outputs
-        return _triton_config(
-            self.name,
-            ENSEMBLE_PLATFORM,
-            self.pipeline.settings.max_batch_items,
-            # Triton's spelling of "one encoded image per batch item": dims [1] reshaped to a scalar.
-            [_config_tensor(image, [1], format="FORMAT_NONE", reshape={"shape": []})],
-            [_config_tensor(probabilities, probabilities.shape[1:])],
-        )
+        # Triton's spelling of "one encoded image per batch item": dims [1] reshaped to a scalar.
+        max_batch_size = self.pipeline.settings.max_batch_items
+        return _triton_config(self.metadata, max_batch_size, [1], format="FORMAT_NONE", reshape={"shape": []})
 
     def _images(self, request: InferRequest) -> list[bytes]:
         tensor = _single_input(request, self.metadata.inputs[0], self.name)
@@ -277,14 +279,8 @@ class MemberModel:
         )
 
     def config(self) -> dict[str, Any]:
-        (inputs,), (logits,) = self.metadata.inputs, self.metadata.outputs
-        return _triton_config(
-            self.name,
-            MEMBER_PLATFORM,
-            self.pipeline.settings.max_batch_items,
-            [_config_tensor(inputs, inputs.shape[1:], format="FORMAT_NCHW")],
-            [_config_tensor(logits, logits.shape[1:])],
-        )
+        dims = self.metadata.inputs[0].shape[1:]
+        return _triton_config(self.metadata, self.pipeline.settings.max_batch_items, dims, format="FORMAT_NCHW")
 
     def _crops(self, request: InferRequest) -> np.ndarray:
         spec = self.metadata.inputs[0]
