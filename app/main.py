@@ -11,7 +11,7 @@ import os
 import tempfile
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator
 
 from fastapi import FastAPI, Security
 
@@ -21,13 +21,17 @@ from app.api.errors import install_error_handlers
 from app.api.linger import LingeringRefusal
 from app.api.middleware import MetricsMiddleware
 from app.api.openapi import install_instance_openapi
-from app.api.routes import health, metrics, models, predict, repository
+from app.api.routes import health, metrics, models, predict, repository, v2
 from app.api.schemas import ErrorResponse
 from app.core.config import Settings, get_settings
 from app.contract.manifest import ENSEMBLE_FILE
 from app.engine.ensemble import ProviderUnavailableError, require_cuda
 from app.engine.metrics import MULTIPROCESS_DIR_ENV, ServingMetrics
 from app.engine.repository import ModelRepository
+from app.protocol.stats import Statistics
+
+if TYPE_CHECKING:
+    import grpc
 
 log = logging.getLogger("productrec.app")
 
@@ -40,6 +44,9 @@ multi-crop test-time augmentation per member, top-1 voting across members, top-k
 Send an image: `curl -F file=@photo.jpg http://localhost:8000/v1/predict`
 or `curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' http://localhost:8000/v1/predict`.
 Errors are JSON `{"error": code, "detail": text}`.
+
+The Open Inference Protocol (KServe v2, as Triton speaks it) is served under `/v2`, and over gRPC
+on `PRODUCTREC_GRPC_PORT` when set; its errors are `{"error": text}`.
 """
 
 
@@ -54,12 +61,27 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     except ProviderUnavailableError:
         log.critical("refusing to start: PRODUCTREC_PROVIDER=%s cannot be honoured", settings.provider, exc_info=True)
         raise
+    grpc_server = None
     try:
+        grpc_server = await _start_grpc(app, settings)
         yield
     finally:
+        if grpc_server is not None:
+            from app.grpc.server import stop_grpc_server
+
+            await stop_grpc_server(grpc_server)
         app.state.metrics.ready.set(0)
         await lifecycle.close()
         app.state.metrics.process_exited()
+
+
+async def _start_grpc(app: FastAPI, settings: Settings) -> "grpc.aio.Server | None":
+    """The v2 gRPC server when ``grpc_port`` is set (imported only then: see ``app.grpc``)."""
+    if settings.grpc_port is None:
+        return None
+    from app.grpc.server import start_grpc_server
+
+    return await start_grpc_server(app, settings.host, settings.grpc_port)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -76,20 +98,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "models", "description": "What is being served."},
             {"name": "health", "description": "Liveness and readiness probes."},
             {"name": "metrics", "description": "Prometheus metrics."},
+            {"name": "v2", "description": "The Open Inference Protocol (KServe v2) with Triton's extensions."},
         ],
     )
     app.state.settings = settings
     app.state.metrics = ServingMetrics()
     app.state.models = ModelRepository(settings, app.state.metrics)
     app.state.client_limiter = client_limiter(settings)
+    app.state.v2_statistics = Statistics()
     install_error_handlers(app)
     app.add_middleware(LingeringRefusal, max_discard_bytes=settings.max_discard_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: its latency includes the above
     guard = _api_key_guard(settings)
-    for router in (predict.router, models.router):
+    for router in (predict.router, models.router, v2.models_router):
         app.include_router(router, **guard)
     app.include_router(repository.router, **_management_guard(settings, guard))
-    for router in (health.router, metrics.router):
+    for router in (health.router, metrics.router, v2.router):
         app.include_router(router)
     install_instance_openapi(app)
     return app

@@ -62,7 +62,7 @@ def test_index_load_unload_and_a_refused_load(repository: Path, images) -> None:
     add_version(repository, "resnet10t", "2", broken=True)
     with serving(repository, model_control_mode="explicit", decode_workers=1) as client:
         index = client.post("/v2/repository/index").json()
-        assert {"name": "default", "version": "", "state": "READY", "reason": ""} in index
+        assert {"name": "default", "version": "1", "state": "READY", "reason": ""} in index
         assert {"name": "resnet10t", "version": "2", "state": "UNAVAILABLE", "reason": "not in the served ensemble"} in index
         assert client.post("/v2/repository/index", json={"ready": True}).json() == [i for i in index if i["state"] == "READY"]
         assert client.post("/v2/repository/models/nothing/load").status_code == 404

@@ -1,4 +1,7 @@
-"""Every error answer is JSON ``{"error": code, "detail": text}``; bad input is always a 4xx."""
+"""Every error answer is JSON ``{"error": code, "detail": text}``; bad input is always a 4xx.
+
+Under ``/v2`` the Open Inference Protocol's shape applies instead: ``{"error": text}``.
+"""
 
 from __future__ import annotations
 
@@ -58,9 +61,15 @@ _STATUS_CODES = {
 
 
 def error_response(request: Request, error: ApiError) -> JSONResponse:
-    """The JSON answer for ``error``, counted in the error metrics."""
+    """The JSON answer for ``error`` (in the v2 shape under /v2), counted in the error metrics."""
     record_error(request, error)
+    if is_v2(request.url.path):
+        return JSONResponse({"error": error.detail}, status_code=error.status, headers=error.headers)
     return error.response()
+
+
+def is_v2(path: str) -> bool:
+    return path == "/v2" or path.startswith("/v2/")
 
 
 def record_error(request: Request, error: ApiError) -> None:

@@ -165,6 +165,6 @@ class RepositoryIndexItem(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     name: str
-    version: str = Field(description="The member version; empty for the ensemble, which has none of its own.")
+    version: str = Field(description="The member version (the ensemble, which has none of its own, is 1).")
     state: str = Field(examples=["READY", "UNAVAILABLE", "LOADING"])
     reason: str = Field("", description="Why the model is not ready (or why the last load failed).")

@@ -53,6 +53,11 @@ async def _body_stream(request: Request, limit: int, what: str) -> AsyncIterator
         yield chunk
 
 
+async def read_body(request: Request, limit: int, what: str) -> bytes:
+    """The whole body, refused with 413 as soon as it exceeds ``limit`` bytes."""
+    return b"".join([chunk async for chunk in _body_stream(request, limit, what)])
+
+
 def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
@@ -125,8 +130,7 @@ async def read_single_image(request: Request, settings: Settings) -> tuple[Uploa
         finally:
             await form.close()
     if media_type.startswith(RAW_BODY_TYPES):
-        chunks = [chunk async for chunk in _body_stream(request, settings.max_upload_bytes, "the image")]
-        data = b"".join(chunks)
+        data = await read_body(request, settings.max_upload_bytes, "the image")
         if not data:
             raise ApiError(400, "empty_file", "the request body is empty")
         return Upload(None, data), None

@@ -27,6 +27,7 @@ ENSEMBLE_FILE = "ensemble.json"
 MODEL_FILE = "model.onnx"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+ENSEMBLE_VERSION = "1"  # ensemble.json has no versions: served as Triton serves a single-version model
 LATEST = "latest"  # an ensemble member's version that means its highest numeric version
 FORMAT_VERSION = 2  # 2: preprocessing and the loss nested; 1 (read, never written): flat fields
 

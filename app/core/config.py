@@ -26,6 +26,13 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Interface `productrec serve` listens on (0.0.0.0: all; the image sets it).")
     port: int = Field(8000, ge=1, le=65535, description="TCP port of `productrec serve`.")
     workers: int = Field(1, ge=1, description="uvicorn worker processes, each loading its own copy of the ensemble.")
+    grpc_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="TCP port of the KServe v2 gRPC API (inference.GRPCInferenceService) on the same host; "
+        "unset: no gRPC. With several workers each one serves it (SO_REUSEPORT).",
+    )
 
 
     repository: Path = Field(Path("models"), description="Model repository holding ensemble.json and the members.")

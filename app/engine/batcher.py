@@ -24,6 +24,7 @@ log = logging.getLogger("productrec.batcher")
 
 Request = TypeVar("Request")
 Result = TypeVar("Result")
+T = TypeVar("T")
 
 
 class QueueFullError(DomainError):
@@ -100,6 +101,16 @@ class DynamicBatcher(Generic[Request, Result]):
         except asyncio.QueueFull:
             raise QueueFullError(f"the queue holds its limit of {self._queue.maxsize} requests") from None
         return await pending.future
+
+    async def call(self, function: Callable[[], T]) -> T:
+        """Run ``function`` on the inference thread, between batches, so it never competes with one."""
+        if self._task is None or self._task.done():
+            raise BatcherClosedError("the batcher is not running")
+        try:
+            running = asyncio.get_running_loop().run_in_executor(self._executor, function)
+        except RuntimeError as exc:  # submitting to an executor that close() shut down
+            raise BatcherClosedError("the service is shutting down") from exc
+        return await running
 
     async def _loop(self) -> None:
         while True:

@@ -18,8 +18,9 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -82,6 +83,16 @@ class ImageResult:
     tta: bool
     batch_size: int
     timings: Timings
+    probabilities: np.ndarray = field(repr=False, compare=False)  # [K] float32: the members' mean
+
+
+@dataclass(frozen=True)
+class MemberLogits:
+    """One member's run on already-preprocessed inputs."""
+
+    logits: np.ndarray  # [N, K]
+    queue_s: float  # waiting for the inference thread
+    run_s: float
 
 
 @dataclass(frozen=True)
@@ -159,9 +170,9 @@ class Pipeline:
     def queue_depth(self) -> int:
         return self.batcher.queue_depth if self.batcher else 0
 
-    async def predict(self, images: Sequence[bytes], top_k: int, tta: bool) -> list[ImageResult | BaseException]:
-        """One outcome per image, in order: its result, or the exception that refused it."""
-        count = len(images)
+    @contextmanager
+    def _admitted(self, count: int) -> Iterator[None]:
+        """Count ``count`` images in flight while the block runs, or refuse them beyond ``queue_limit``."""
         if self.in_flight + count > self.settings.queue_limit:
             raise ServiceOverloadedError(
                 f"{self.in_flight} images in flight; {count} more would exceed "
@@ -169,14 +180,38 @@ class Pipeline:
             )
         self.in_flight += count
         self.metrics.in_flight.inc(count)
-        started = time.perf_counter()
         try:
-            return await asyncio.gather(
-                *(self._predict_one(data, top_k, tta, started) for data in images), return_exceptions=True
-            )
+            yield
         finally:
             self.in_flight -= count
             self.metrics.in_flight.dec(count)
+
+    async def predict(self, images: Sequence[bytes], top_k: int, tta: bool) -> list[ImageResult | BaseException]:
+        """One outcome per image, in order: its result, or the exception that refused it."""
+        started = time.perf_counter()
+        with self._admitted(len(images)):
+            return await asyncio.gather(
+                *(self._predict_one(data, top_k, tta, started) for data in images), return_exceptions=True
+            )
+
+    async def member_logits(self, index: int, inputs: np.ndarray) -> MemberLogits:
+        """Member ``index``'s logits for preprocessed ``[N, C, H, W]`` inputs, run on the inference thread.
+
+        Each of the N rows counts against ``queue_limit`` like an image; the run waits for the batch
+        in progress instead of competing with it for the cores.
+        """
+        assert self.batcher is not None, "start() the pipeline first"
+        member = self.ensemble.members[index]
+
+        def run() -> tuple[np.ndarray, float, float]:
+            began = time.perf_counter()
+            return member.logits(inputs), began, time.perf_counter() - began
+
+        with self._admitted(len(inputs)):
+            submitted = time.perf_counter()
+            logits, began, run_s = await self.batcher.call(run)
+        self.metrics.member_inference.labels(member=member.manifest.name).observe(run_s)
+        return MemberLogits(logits, began - submitted, run_s)
 
     async def _predict_one(self, data: bytes, top_k: int, tta: bool, started: float) -> ImageResult:
         assert self.pool is not None and self.batcher is not None, "start() the pipeline first"
@@ -240,4 +275,5 @@ class Pipeline:
             tta=tta,
             batch_size=batch_size,
             timings=timings,
+            probabilities=inference.member_probs.mean(axis=0),
         )

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.contract.errors import DomainError
-from app.contract.manifest import member_versions, read_ensemble_spec, repository_fingerprint
+from app.contract.manifest import ENSEMBLE_VERSION, member_versions, read_ensemble_spec, repository_fingerprint
 from app.core.config import Settings
 from app.engine.decode_pool import DecodePool
 from app.engine.ensemble import Ensemble, ProviderUnavailableError
@@ -177,7 +177,7 @@ class ModelRepository:
             reason = reason or str(exc)
         if pipeline is not None:
             member_names = list(dict.fromkeys([*member_names, *(m.manifest.name for m in pipeline.ensemble.members)]))
-        statuses = [ModelStatus(name, "", ensemble_state, reason)]
+        statuses = [ModelStatus(name, ENSEMBLE_VERSION, ensemble_state, reason)]
         for member in member_names:
             for version in member_versions(self.repository, member) or [""]:
                 ready = (member, version) in serving
