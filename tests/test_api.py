@@ -283,7 +283,7 @@ def test_metrics_count_every_worker_with_two_workers(trained_repository, images,
 def test_every_dependency_runs_on_the_event_loop():
     """FastAPI runs a plain ``def`` dependency in a thread pool: a thread hand-off per dependency per request
     (it was most of the HTTP layer's CPU in docs/serving-benchmark.md), so every one must be ``async``."""
-    from app.api.routes import health, metrics, models, predict
+    from app.api.routes import health, metrics, models, predict, repository, v2
 
     def calls(dependant):
         for dependency in dependant.dependencies:
@@ -291,10 +291,12 @@ def test_every_dependency_runs_on_the_event_loop():
             yield from calls(dependency)
 
     checked = 0
-    routes = [route for module in (health, metrics, models, predict) for route in module.router.routes]
+    routers = [module.router for module in (health, metrics, models, predict, repository, v2)] + [v2.models_router]
+    routes = [route for router in routers for route in router.routes]
     for route in routes:
         for call in calls(route.dependant):
-            assert inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(type(call).__call__), (
+            on_loop = inspect.iscoroutinefunction(call) or inspect.isasyncgenfunction(call)
+            assert on_loop or inspect.iscoroutinefunction(type(call).__call__), (
                 f"{route.path}: dependency {call!r} is not async"
             )
             checked += 1
