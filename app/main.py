@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator
 
 from fastapi import FastAPI, Security
+from pydantic import BaseModel
 
 from app.api.client_limit import client_limiter
 from app.api.deps import verify_api_key, verify_management_key
@@ -22,7 +23,7 @@ from app.api.linger import LingeringRefusal
 from app.api.middleware import MetricsMiddleware
 from app.api.openapi import install_instance_openapi
 from app.api.routes import health, metrics, models, predict, repository, v2
-from app.api.schemas import ErrorResponse
+from app.api.schemas import ErrorResponse, V2ErrorResponse
 from app.core.config import Settings, get_settings
 from app.contract.manifest import ENSEMBLE_FILE
 from app.engine.ensemble import ProviderUnavailableError, require_cuda
@@ -109,17 +110,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(LingeringRefusal, max_discard_bytes=settings.max_discard_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: its latency includes the above
-    guard = _api_key_guard(settings)
-    for router in (predict.router, models.router, v2.models_router):
-        app.include_router(router, **guard)
-    app.include_router(repository.router, **_management_guard(settings, guard))
+    for router in (predict.router, models.router):
+        app.include_router(router, **_api_key_guard(settings, ErrorResponse))
+    v2_guard = _api_key_guard(settings, V2ErrorResponse)
+    app.include_router(v2.models_router, **v2_guard)
+    management = _management_guard(settings, v2_guard)
+    app.include_router(repository.router, **management)
+    if settings.model_control_mode == "explicit":
+        app.include_router(repository.control_router, **management)
     for router in (health.router, metrics.router, v2.router):
         app.include_router(router)
     install_instance_openapi(app)
     return app
 
 
-def _api_key_guard(settings: Settings) -> dict[str, Any]:
+def _api_key_guard(settings: Settings, error_model: type[BaseModel]) -> dict[str, Any]:
     """``include_router`` arguments that put /v1/* behind the API key, when one is set; else none.
 
     Only then does the spec declare the X-API-Key scheme and the 401: a spec that asks for a key the service
@@ -129,7 +134,7 @@ def _api_key_guard(settings: Settings) -> dict[str, Any]:
         return {}
     return {
         "dependencies": [Security(verify_api_key)],
-        "responses": {401: {"model": ErrorResponse, "description": "Missing or wrong X-API-Key."}},
+        "responses": {401: {"model": error_model, "description": "Missing or wrong X-API-Key."}},
     }
 
 
@@ -139,7 +144,7 @@ def _management_guard(settings: Settings, api_key_guard: dict[str, Any]) -> dict
         return api_key_guard
     return {
         "dependencies": [*api_key_guard.get("dependencies", []), Security(verify_management_key)],
-        "responses": {401: {"model": ErrorResponse, "description": "Missing or wrong X-API-Key or X-Management-Key."}},
+        "responses": {401: {"model": V2ErrorResponse, "description": "Missing or wrong X-API-Key or X-Management-Key."}},
     }
 
 

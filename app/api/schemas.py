@@ -8,9 +8,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, create_model
 
 from app.contract.preprocess import PreprocessConfig
+
+
+class V2ErrorResponse(BaseModel):
+    """Every error answer under /v2, as the Open Inference Protocol says."""
+
+    error: str = Field(description="What went wrong, in words.", examples=["no model 'x' is served"])
 
 
 class ErrorResponse(BaseModel):
@@ -156,7 +162,7 @@ class Readiness(BaseModel):
 
 
 class RepositoryIndexRequest(BaseModel):
-    ready: bool = Field(False, description="Only the models that are ready.")
+    ready: StrictBool = Field(False, description="Only the models that are ready.")
 
 
 class RepositoryIndexItem(BaseModel):

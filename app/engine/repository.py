@@ -62,12 +62,6 @@ class ModelLoadError(DomainError):
     status, code = 400, "load_failed"
 
 
-class ModelControlError(DomainError):
-    """Loads and unloads are not taken in this model control mode."""
-
-    status, code = 400, "model_control_mode"
-
-
 class ModelRepository:
     """The repository's ensemble, served by one pipeline at a time."""
 

@@ -14,13 +14,28 @@ from fastapi.responses import Response
 
 from app.api.deps import PipelineDep, SettingsDep
 from app.api.errors import ApiError
+from app.api.schemas import V2ErrorResponse
 from app.api.uploads import read_body
 from app.protocol.models import find_model, run_inference, served_models, server_metadata
 from app.protocol.rest import BINARY_TYPE, INFERENCE_HEADER, JSON_TYPE, encode_infer_response, parse_infer_request
 from app.protocol.stats import Statistics
 
-router = APIRouter(prefix="/v2", tags=["v2"])
-models_router = APIRouter(prefix="/v2/models", tags=["v2"])  # behind the API key when one is set (create_app)
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": V2ErrorResponse, "description": V2_ERROR_CAUSES[status]} for status in statuses}
+
+
+V2_ERROR_CAUSES = {
+    400: "A malformed request: tensors, datatypes, shapes, binary sizes or parameters.",
+    404: "No such model or version is served.",
+    413: "The request body or an image is over its limit, or too many images.",
+    415: "An image cannot be decoded, or the body's encoding is not supported.",
+    422: "An image is too complex or too slow to decode.",
+    429: "This client has its limit of requests in flight.",
+    503: "Not ready, or the queue is full (Retry-After).",
+}
+router = APIRouter(prefix="/v2", tags=["v2"], responses=_errors(503))
+# Behind the API key when one is set (create_app).
+models_router = APIRouter(prefix="/v2/models", tags=["v2"], responses=_errors(400, 404, 503))
 
 MODEL = "/{model_name}"
 VERSION = "/{model_name}/versions/{model_version}"
@@ -86,8 +101,9 @@ async def model_statistics(
     description="A JSON inference request, optionally followed by binary tensor data "
     f"({INFERENCE_HEADER} gives the JSON's length). The ensemble takes encoded images (BYTES) and returns "
     "`probabilities`, or its ranked labels with `parameters.classification`; members take preprocessed FP32 crops.",
+    responses=_errors(413, 415, 422, 429),
 )
-@models_router.post(VERSION + "/infer", summary="Inference on one version")
+@models_router.post(VERSION + "/infer", summary="Inference on one version", responses=_errors(413, 415, 422, 429))
 async def infer(
     request: Request,
     pipeline: PipelineDep,
