@@ -11,7 +11,6 @@ model input, normalise) -> float32 array ``[n_sizes, C, H, W]``.
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -22,6 +21,9 @@ from app.contract.errors import DomainError
 
 # Truncated files are bad input, not something to half-decode silently.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Pillow's own bomb limit is process-wide state; swapping it per call is not thread-safe. Our limit
+# (``check_pixels``, a setting) is applied to every image from its header before any pixel is decoded.
+Image.MAX_IMAGE_PIXELS = None
 
 INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST,
@@ -96,24 +98,14 @@ def decode_image(data: bytes, in_chans: int, max_pixels: int) -> Image.Image:
     count is checked from the header, before any pixel is decoded.
     """
     try:
-        with warnings.catch_warnings():
-            # Pillow warns (and at 2x raises) on bombs; we apply our own limit first.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            previous_limit = Image.MAX_IMAGE_PIXELS
-            Image.MAX_IMAGE_PIXELS = None
-            try:
-                image = Image.open(io.BytesIO(data))
-            finally:
-                Image.MAX_IMAGE_PIXELS = previous_limit
-            check_pixels(*image.size, max_pixels)
-            image.seek(0)
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            return to_model_mode(image, in_chans)
+        image = Image.open(io.BytesIO(data))
+        check_pixels(*image.size, max_pixels)
+        image.seek(0)
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return to_model_mode(image, in_chans)
     except (ImageTooLargeError, ImageDecodeError):
         raise
-    except Image.DecompressionBombError as exc:  # pragma: no cover - limit checked above
-        raise ImageTooLargeError(str(exc)) from exc
     except MemoryError as exc:
         raise ImageTooLargeError(f"not enough memory to decode the image: {exc}") from exc
     except UnidentifiedImageError as exc:
