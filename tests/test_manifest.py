@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 from serving_helpers import evaluate_repository
 
-from app.contract.manifest import FORMAT_VERSION, MANIFEST_FILE, ModelManifest, RepositoryError, load_manifest, read_repository
+from app.contract.manifest import (
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    ModelManifest,
+    RepositoryError,
+    load_manifest,
+    read_repository,
+    repository_fingerprint,
+)
 from app.contract.preprocess import PreprocessConfig
 
 VERSION_1 = {  # a manifest as productrec wrote it before format 2
@@ -68,3 +76,19 @@ def test_a_broken_manifest_names_its_file(tmp_path: Path) -> None:
     (tmp_path / MANIFEST_FILE).write_text(json.dumps({**VERSION_1, "labels": ["only one"]}))
     with pytest.raises(RepositoryError, match=f"{MANIFEST_FILE}: invalid manifest: class_counts"):
         load_manifest(tmp_path)
+
+
+def test_the_fingerprint_changes_with_what_a_load_reads(trained_repository: Path, tmp_path: Path) -> None:
+    repository = tmp_path / "models"
+    shutil.copytree(trained_repository, repository)
+    before = repository_fingerprint(repository)
+    shutil.copytree(repository / "resnet10t" / "1", repository / "resnet10t" / "2")
+    assert repository_fingerprint(repository) == before  # nothing names version 2
+    spec = json.loads((repository / "ensemble.json").read_text())
+    spec["members"][0]["version"] = "latest"
+    (repository / "ensemble.json").write_text(json.dumps(spec))
+    following = repository_fingerprint(repository)
+    assert following != before
+    shutil.copytree(repository / "resnet10t" / "1", repository / "resnet10t" / "3")
+    assert repository_fingerprint(repository) != following  # "latest" moved
+    assert read_repository(repository)[0].members[0].version == "3"

@@ -188,7 +188,8 @@ def repository_fingerprint(repository: Path) -> tuple:
     except RepositoryError:
         return tuple(parts)
     for ref in spec.members:
-        parts.append((ref.name, tuple(member_versions(repository, ref.name))))
+        if ref.version == LATEST:  # a new version matters only to a member that follows the latest
+            parts.append((ref.name, tuple(member_versions(repository, ref.name))))
         try:
             directory = member_dir(repository, ref.name, resolve_version(repository, ref).version)
         except RepositoryError:
