@@ -32,6 +32,7 @@ from training.photo_render import as_photo, encode
 MAX_PIXELS = 40_000_000
 SIZES, QUALITIES = (400, 1000), (70, 95)
 SAMPLE_NAME = re.compile(r"^(\d+)_")
+BEGIN, END = "<!-- bench.photos: begin -->", "<!-- bench.photos: end -->"
 
 
 def render(pixels: np.ndarray, rendering: str, rng: np.random.Generator) -> bytes:
@@ -105,6 +106,53 @@ def calibration(ensemble: Ensemble) -> dict[str, Any]:
     }
 
 
+def section(result: dict[str, Any]) -> str:
+    """The "Photos as shot" section of docs/results.md, from ``result``."""
+    errors = result["top1_error"]
+    lines = [
+        BEGIN,
+        "## Photos as shot (default ensemble; `python -m bench.photos --report docs/results.md`)",
+        "",
+        f"Top-1 error of `{result['repository']}` (TTA, top-1 vote) on the {result['test_images']:,} official test images,",
+        "both renderings the product on white, through the service's decode and engine:",
+        "",
+        "| rendering | top-1 error |",
+        "|---|---|",
+        f"| stored 28 px (negated back), PNG | {errors['28px']:.4f} |",
+        f"| photo: RGB JPEG, {SIZES[0]}-{SIZES[1]} px, quality {QUALITIES[0]}-{QUALITIES[1]} (seeded) | {errors['photo']:.4f} |",
+        "",
+        f"Photo minus 28 px: {result['photo_minus_28px'] * 100:+.2f} points (bar: at most +1). "
+        f"`samples/`: {result['samples_right']}/10 right (bar: 8): "
+        + ", ".join(f"{a['label']} → {a['answer']}" for a in result["samples"] if a["label"] != a["answer"]),
+        "",
+        "Calibration fitted at export on each member's validation split (TTA-averaged logits):",
+        "",
+        "| member | T | ECE before | ECE after |",
+        "|---|---|---|---|",
+        *(f"| {name} | {c['temperature']:.3f} | {c['ece_before']:.4f} | {c['ece_after']:.4f} |" for name, c in result["calibration"].items()),
+        "",
+        "Average-k label sets of the ensemble on validation (threshold on the mean of the members' calibrated",
+        "probabilities: the mean of their own thresholds):",
+        "",
+        "| k | mean set size | sizes | coverage |",
+        "|---|---|---|---|",
+        *(f"| {k} | {v['mean_size']:.2f} | {v['size_range'][0]}-{v['size_range'][1]} | {v['coverage']:.4f} |" for k, v in result["average_k_on_validation"].items()),
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def write_section(result: dict[str, Any], path: Path) -> None:
+    """Put the section into ``path``: in place of an earlier one, else at the end."""
+    text = path.read_text() if path.exists() else ""
+    new = section(result)
+    if BEGIN in text and END in text:
+        text = text[: text.index(BEGIN)] + new + text[text.index(END) + len(END) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + new + "\n"
+    path.write_text(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repository", type=Path, default=Path("models"))
@@ -114,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench/results/photos.json"))
+    parser.add_argument("--report", type=Path, default=None, help="also write the section into this Markdown file")
     args = parser.parse_args(argv)
     ensemble = Ensemble.load(args.repository, "cpu")
     _, _, images, labels = load_fashion_mnist_as_shot(args.fmnist_dir)
@@ -132,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
+    if args.report:
+        write_section(result, args.report)
     print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=2))
     for answer in samples:
         print(f"  {answer['file']:<24} {answer['label']:<12} -> {answer['answer']}")

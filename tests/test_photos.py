@@ -103,3 +103,21 @@ def test_the_samples_are_the_first_test_image_of_each_class_as_photos(products, 
         assert image.format == "JPEG" and image.mode == "RGB" and min(image.size) >= 400
         assert path.read_bytes() == (committed / path.name).read_bytes()
         assert grey_levels(crops(path.read_bytes()), reference(products[label])) < 12
+
+
+def test_the_report_section_replaces_its_earlier_self(tmp_path) -> None:
+    from bench.photos import write_section
+
+    result = {
+        "repository": "models", "test_images": 10000, "top1_error": {"28px": 0.2, "photo": 0.205}, "photo_minus_28px": 0.005,
+        "samples_right": 9, "samples": [{"file": "4_shirt.jpg", "label": "Shirt", "answer": "T-shirt/top"}],
+        "calibration": {"resnet": {"temperature": 1.5, "ece_before": 0.1, "ece_after": 0.02, "validation_images": 5000}},
+        "average_k_on_validation": {"1": {"threshold": 0.5, "mean_size": 1.02, "size_range": [1, 3], "coverage": 0.8}},
+    }  # fmt: skip
+    report = tmp_path / "results.md"
+    report.write_text("# Results\n\nother text\n")
+    write_section(result, report)
+    write_section({**result, "samples_right": 8}, report)
+    text = report.read_text()
+    assert text.startswith("# Results\n\nother text\n") and text.count("## Photos as shot") == 1
+    assert "+0.50 points" in text and "8/10 right" in text and "Shirt → T-shirt/top" in text and "| resnet | 1.500 |" in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -43,6 +44,23 @@ TtaQuery = Annotated[
     bool | None,
     Query(description="Multi-crop TTA on or off (default: PRODUCTREC_TTA). Also accepted as a multipart field."),
 ]
+
+
+
+@dataclass(frozen=True)
+class QueryOptions:
+    """The options given in the query (None: not given there)."""
+
+    top_k: int | None
+    tta: bool | None
+    average_k: int | None
+
+
+def query_options(top_k: TopKQuery = None, tta: TtaQuery = None, average_k: AverageKQuery = None) -> QueryOptions:
+    return QueryOptions(top_k, tta, average_k)
+
+
+QueryOptionsDep = Annotated[QueryOptions, Depends(query_options)]
 
 _IMAGE_SCHEMA = {"type": "string", "format": "binary", "minLength": 1}
 # A batch answers an empty file with that item's own 400, so its files may be empty.
@@ -107,15 +125,10 @@ COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def _options(
-    pipeline: Pipeline,
-    settings: Settings,
-    top_k: int | None,
-    tta: bool | None,
-    average_k: int | None,
-    form: FormData | None,
+    pipeline: Pipeline, settings: Settings, query: QueryOptions, form: FormData | None
 ) -> tuple[int, bool, int | None]:
     """top_k, tta and average_k from the query, else the multipart fields, else the settings."""
-    values: dict[str, Any] = {"top_k": top_k, "tta": tta, "average_k": average_k}
+    values: dict[str, Any] = {"top_k": query.top_k, "tta": query.tta, "average_k": query.average_k}
     for name in OPTION_TYPES:
         if values[name] is None and form is not None and name in form:
             values[name] = option_value(name, form[name])
@@ -151,15 +164,10 @@ def _average_k(pipeline: Pipeline, values: dict[str, Any]) -> int | None:
     openapi_extra=PREDICT_BODY,
 )
 async def predict(
-    request: Request,
-    pipeline: PipelineDep,
-    settings: SettingsDep,
-    top_k: TopKQuery = None,
-    tta: TtaQuery = None,
-    average_k: AverageKQuery = None,
+    request: Request, pipeline: PipelineDep, settings: SettingsDep, query: QueryOptionsDep
 ) -> ImageResult:
     upload, form = await read_single_image(request, settings)
-    resolved_top_k, resolved_tta, resolved_average_k = _options(pipeline, settings, top_k, tta, average_k, form)
+    resolved_top_k, resolved_tta, resolved_average_k = _options(pipeline, settings, query, form)
     (outcome,) = await pipeline.predict([upload.data], resolved_top_k, resolved_tta, resolved_average_k)
     if isinstance(outcome, BaseException):
         raise api_error_for(outcome, settings.retry_after_s)
@@ -176,15 +184,10 @@ async def predict(
     openapi_extra=BATCH_BODY,
 )
 async def predict_batch(
-    request: Request,
-    pipeline: PipelineDep,
-    settings: SettingsDep,
-    top_k: TopKQuery = None,
-    tta: TtaQuery = None,
-    average_k: AverageKQuery = None,
+    request: Request, pipeline: PipelineDep, settings: SettingsDep, query: QueryOptionsDep
 ) -> BatchPrediction:
     uploads, form = await read_batch_images(request, settings)
-    resolved_top_k, resolved_tta, resolved_average_k = _options(pipeline, settings, top_k, tta, average_k, form)
+    resolved_top_k, resolved_tta, resolved_average_k = _options(pipeline, settings, query, form)
     readable = [upload.data for upload in uploads if upload.error is None]
     outcomes = iter(await pipeline.predict(readable, resolved_top_k, resolved_tta, resolved_average_k) if readable else [])
     items = []
