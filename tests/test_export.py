@@ -18,7 +18,7 @@ from app.contract.manifest import ENSEMBLE_FILE, INPUT_NAME, OUTPUT_NAME, read_r
 from app.contract.preprocess import tta_crops
 from training.config import ConfigError, DataConfig
 from training.data import build_splits
-from training.evaluate import load_runs_ensemble
+from training.evaluate import TorchMember, load_runs_ensemble
 from training.export import ExportParityError, MAX_LOGIT_DIFF, export_run, export_to_repository, run_manifest
 from training.runs import TEST_METRICS_FILE, load_run
 from training.train import train
@@ -48,7 +48,11 @@ def test_train_evaluate_export_on_generated_images(folder_run: Path, tmp_path: P
     manifest = load_manifest(directory)
     preprocess = manifest.preprocess
     assert manifest.architecture == "test_resnet" and preprocess.in_chans == 3 and preprocess.input_size == 16
-    assert preprocess.tta_sizes == (16, 18, 20) and manifest.labels == ["checker", "horizontal", "vertical"]
+    assert set(preprocess.tta_sizes) <= {16, 18, 20} and manifest.labels == ["checker", "horizontal", "vertical"]
+    validation = manifest.metrics["validation"]
+    assert list(preprocess.tta_sizes) == validation["tta_sizes"] and len(validation["tta_sets"]) == 7  # chosen on validation
+    assert validation["tta_sets"]["/".join(map(str, sorted(preprocess.tta_sizes)))] == min(validation["tta_sets"].values())
+    assert manifest.calibration is not None and manifest.calibration.temperature > 0
     assert manifest.loss.name == "sce" and manifest.loss.params["alpha"] == 0.4 and manifest.loss.params["beta"] == 0.7
     assert manifest.training_command.startswith("productrec train --dataset ")
     run = load_run(folder_run)
@@ -70,7 +74,9 @@ def test_train_evaluate_export_on_generated_images(folder_run: Path, tmp_path: P
     splits = build_splits(run.config.data)
     images = [splits.test.load(index) for index in range(len(splits.test))]
     onnx_probs, _ = Ensemble.load(repository, "cpu").predict(images, tta=True)
-    torch_ensemble, _ = load_runs_ensemble([folder_run], "cpu")
+    runs_ensemble, _ = load_runs_ensemble([folder_run], "cpu")
+    (member,) = runs_ensemble.members  # with the exported manifest: its calibration and the TTA sizes chosen on validation
+    torch_ensemble = Ensemble(runs_ensemble.spec, [TorchMember(manifest, member.model, member.device)])
     torch_probs, _ = torch_ensemble.predict(images, tta=True)
     assert np.abs(onnx_probs - torch_probs).max() < 1e-4
     assert json.loads((repository / ENSEMBLE_FILE).read_text())["members"] == [{"name": "stripes", "version": "1"}]
