@@ -171,5 +171,6 @@ def trained_repository(tmp_path_factory: pytest.TempPathFactory, trained_runs: d
 
     repository = tmp_path_factory.mktemp("repository") / "models"
     for name, run_dir in trained_runs.items():
-        export_run(run_dir, repository, name=name, version="1", ensemble=True, check_images=8)
+        # The trained sizes are kept, so that the serving tests exercise multi-crop TTA.
+        export_run(run_dir, repository, name=name, version="1", ensemble=True, check_images=8, keep_tta=True)
     return repository

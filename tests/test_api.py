@@ -337,13 +337,18 @@ def test_average_k_sets_vary_per_image_and_say_their_mode(client, engine: Ensemb
     assert client.post("/v1/predict", files={"file": ("a.png", images[0], "image/png")}).json()["mode"] == "top_k"
 
 
-def test_average_k_is_refused_beyond_the_thresholds_with_top_k_or_without_calibration(
+def test_average_k_is_refused_beyond_the_thresholds_or_without_calibration_and_capped_by_top_k(
     client, trained_repository: Path, tmp_path: Path, fmnist_test_images
 ) -> None:
     file = {"file": ("a.png", fmnist_test_images.images[0], "image/png")}
-    for params, message in [({"average_k": 6}, "between 1 and 5"), ({"average_k": 2, "top_k": 2}, "not both")]:
-        response = client.post("/v1/predict", files=file, params=params)
-        assert response.status_code == 422 and message in response.json()["detail"]
+    response = client.post("/v1/predict", files=file, params={"average_k": 6})
+    assert response.status_code == 422 and "between 1 and 5" in response.json()["detail"]
+    wide = [client.post("/v1/predict", files={"file": ("a.png", data, "image/png")}, params={"average_k": 5}).json()
+            for data in fmnist_test_images.images[:12]]
+    capped = [client.post("/v1/predict", files={"file": ("a.png", data, "image/png")}, params={"average_k": 5, "top_k": 2}).json()
+              for data in fmnist_test_images.images[:12]]
+    assert [answer["labels"][:2] for answer in wide] == [answer["labels"] for answer in capped]
+    assert any(len(answer["labels"]) > 2 for answer in wide) and all(answer["mode"] == "average_k" for answer in capped)
     uncalibrated = tmp_path / "models"
     shutil.copytree(trained_repository, uncalibrated)
     for path in uncalibrated.glob(f"*/*/{MANIFEST_FILE}"):

@@ -11,8 +11,10 @@ import pytest
 from app.cli import main as cli_main
 from app.contract.ranking import predict_top1, rank
 from app.engine.ensemble import Ensemble
+from app.contract.manifest import read_repository
 from training.evaluate import (
     TTA,
+    TorchMember,
     class_groups,
     evaluate_ensemble,
     load_runs_ensemble,
@@ -60,9 +62,14 @@ def test_repository_report_has_every_figure(repository_report: dict, fmnist_smal
         assert memorised["predicts_noisy_label"] + memorised["predicts_clean_label"] <= 1
 
 
-def test_pytorch_runs_and_onnx_repository_evaluate_identically(repository_report: dict, trained_runs: dict[str, Path]) -> None:
-    ensemble, _ = load_runs_ensemble(list(trained_runs.values()), "cpu")
-    runs_report = evaluate_ensemble(ensemble, batch_size=64)
+def test_pytorch_runs_and_onnx_repository_evaluate_identically(
+    repository_report: dict, trained_runs: dict[str, Path], trained_repository: Path
+) -> None:
+    runs, _ = load_runs_ensemble(list(trained_runs.values()), "cpu")
+    # With the exported manifests (their temperatures, which break the vote's ties), as test_export does.
+    exported = {member.manifest.name: member.manifest for member in read_repository(trained_repository, verify=False)[1]}
+    members = [TorchMember(exported[name], member.model, member.device) for name, member in zip(trained_runs, runs.members)]
+    runs_report = evaluate_ensemble(Ensemble(runs.spec, members), batch_size=64)
     for name in trained_runs:
         assert runs_report["members"][name]["top1_error"] == repository_report["members"][name]["top1_error"]
         assert runs_report["members"][name]["memorisation"] == repository_report["members"][name]["memorisation"]

@@ -38,6 +38,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", help="member version (default: one more than the highest integer version there)")
     parser.add_argument("--ensemble-member", action="store_true", help="add the member to the repository's ensemble.json (created if missing)")
     parser.add_argument("--check-images", type=int, default=32, help="real test images for the ONNX parity check (all TTA crops of each)")
+    parser.add_argument("--keep-tta-sizes", action="store_true", help="ship the run's TTA sizes as trained (default: the set of them that is best on the validation split, never worse than the single crop)")
 
 
 TRAINING_COMMANDS: list[Command] = [

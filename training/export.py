@@ -190,9 +190,9 @@ def torch_logits(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
     return logits
 
 
-def chosen_on_validation(run: TrainedRun, manifest: ModelManifest, splits: Splits) -> ModelManifest:
-    """``manifest`` with the TTA sizes chosen on the validation split and its calibration record."""
-    choice = choose_on_validation(torch_logits(run.model), splits.val, manifest.preprocess)
+def chosen_on_validation(run: TrainedRun, manifest: ModelManifest, splits: Splits, keep_tta: bool = False) -> ModelManifest:
+    """``manifest`` with the TTA sizes chosen on the validation split (``keep_tta``: the run's) and its calibration."""
+    choice = choose_on_validation(torch_logits(run.model), splits.val, manifest.preprocess, keep=keep_tta)
     log.info("validation error of each TTA set (%d images):\n%s", choice.calibration.validation_images, format_scores(choice.scores, choice.tta_sizes))
     validation = {"tta_sets": {"/".join(map(str, score.sizes)): score.error for score in choice.scores}, "tta_sizes": list(choice.tta_sizes)}
     return replace(
@@ -249,11 +249,14 @@ def export_run(
     version: str | None = None,
     ensemble: bool = False,
     check_images: int = 32,
+    keep_tta: bool = False,
 ) -> ModelManifest:
     """Export a run's best checkpoint as ``<repository>/<name>/<version>``; never overwrites an entry.
 
     ``name`` defaults to the architecture, ``version`` to the next integer. With
-    ``ensemble`` the member is also named in ``ensemble.json``.
+    ``ensemble`` the member is also named in ``ensemble.json``. The TTA sizes shipped are the set
+    of the run's sizes that is best on validation (never worse than the single crop), or with
+    ``keep_tta`` the run's own.
     """
     run = load_run(Path(run_dir))
     name = name or run.config.model.model
@@ -262,7 +265,7 @@ def export_run(
     if (target / MANIFEST_FILE).exists() or (target / MODEL_FILE).exists():
         raise ConfigError(f"{target} already exists; choose another --version")
     splits = build_splits(run.config.data)
-    manifest = chosen_on_validation(run, run_manifest(run, name, version), splits)
+    manifest = chosen_on_validation(run, run_manifest(run, name, version), splits, keep_tta)
     final, _ = export_to_repository(run.model, manifest, Path(repository), parity_batch(run, check_images, splits))
     if ensemble:
         add_to_ensemble(Path(repository), final)
@@ -275,14 +278,17 @@ def main(args: argparse.Namespace) -> int:
 
     with user_errors():
         try:
-            manifest = export_run(Path(args.run_dir), Path(args.repository), args.name, args.version, args.ensemble_member, args.check_images)
+            manifest = export_run(
+                Path(args.run_dir), Path(args.repository), args.name, args.version, args.ensemble_member, args.check_images, args.keep_tta_sizes
+            )
         except ExportParityError as exc:
             raise CommandError(str(exc)) from exc
     target = member_dir(Path(args.repository), manifest.name, manifest.version)
     print(f"exported {args.run_dir} -> {target}")
     print(f"  ONNX parity: max |logit difference| = {manifest.metrics['onnx_max_abs_logit_diff']:.2e} (limit {MAX_LOGIT_DIFF:.0e})")
     print(f"  sha256 {manifest.sha256}, opset {manifest.opset}, {manifest.num_classes} classes")
-    print(f"  TTA sizes chosen on validation: {list(manifest.preprocess.sizes(tta=True))}")
+    how = "kept as trained" if args.keep_tta_sizes else "chosen on validation"
+    print(f"  TTA sizes {how}: {list(manifest.preprocess.sizes(tta=True))}")
     calibration = manifest.calibration
     if calibration is not None:
         print(f"  temperature {calibration.temperature:.3f}: validation ECE {calibration.ece_before:.4f} -> {calibration.ece_after:.4f}")

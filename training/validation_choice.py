@@ -90,12 +90,17 @@ def choose_tta(scores: Sequence[TtaScore], single: int) -> tuple[int, ...]:
     return tuple(sorted(best.sizes, key=lambda size: (by_sizes[(size,)], size != single)))
 
 
-def choose_on_validation(logits: Logits, images: ImageSet, config: PreprocessConfig, batch_size: int = 256) -> ValidationChoice:
-    """Score the TTA sets of ``config.tta_sizes`` on ``images``; calibrate the chosen set's averaged logits."""
+def choose_on_validation(
+    logits: Logits, images: ImageSet, config: PreprocessConfig, batch_size: int = 256, keep: bool = False
+) -> ValidationChoice:
+    """Score the TTA sets of ``config.tta_sizes`` on ``images``; calibrate the chosen set's averaged logits.
+
+    ``keep``: the configured sizes are shipped as they are (scored and calibrated all the same).
+    """
     sizes = config.sizes(tta=True)
     logits_by_size, labels = validation_logits(logits, images, config, sizes, batch_size)
     scores = score_tta_sets(logits_by_size, labels, sizes)
-    chosen = choose_tta(scores, sizes[0])
+    chosen = tuple(sizes) if keep else choose_tta(scores, sizes[0])
     averaged = logits_by_size[[sizes.index(size) for size in chosen]].mean(axis=0)
     return ValidationChoice(chosen, scores, calibrate(averaged, labels))
 

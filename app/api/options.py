@@ -8,6 +8,7 @@ from pydantic import BeforeValidator, Field, Strict, TypeAdapter, ValidationErro
 from starlette.datastructures import FormData
 
 from app.api.errors import ApiError
+from app.engine.pipeline import Pipeline
 
 _JSON_BOOLEANS = {"true": True, "false": False}
 
@@ -25,18 +26,31 @@ OPTION_TYPES: dict[str, TypeAdapter[Any]] = {
 }
 
 
-def option_value(name: str, raw: Any, num_classes: int | None = None) -> Any:
-    """One option from its raw value; 422 when it has the wrong type or (top_k) is out of 1..num_classes."""
+def option_maxima(pipeline: Pipeline | None) -> dict[str, int]:
+    """The largest value of each integer option the loaded ensemble takes (none while nothing is loaded).
+
+    top_k: the class count; average_k: the set sizes every member has a threshold for (0: none).
+    """
+    if pipeline is None:
+        return {}
+    return {"top_k": pipeline.ensemble.num_classes, "average_k": pipeline.ensemble.max_average_k}
+
+
+def option_value(name: str, raw: Any, maxima: dict[str, int] | None = None) -> Any:
+    """One option from its raw value; 422 when it has the wrong type or is over its maximum."""
     try:
         value = OPTION_TYPES[name].validate_python(raw)
     except ValidationError as exc:
         raise ApiError(422, "invalid_request", f"{name}: {exc.errors()[0]['msg']}") from exc
-    if name == "top_k" and num_classes is not None and value > num_classes:
-        raise ApiError(422, "invalid_request", f"top_k must be between 1 and {num_classes}, got {value}")
+    maximum = (maxima or {}).get(name)
+    if maximum == 0:
+        raise ApiError(422, "invalid_request", f"{name} is not offered by this ensemble (its members are not calibrated)")
+    if maximum is not None and value > maximum:
+        raise ApiError(422, "invalid_request", f"{name} must be between 1 and {maximum}, got {value}")
     return value
 
 
-def check_form_options(form: FormData, num_classes: int | None) -> None:
+def check_form_options(form: FormData, maxima: dict[str, int]) -> None:
     """Validate every option field of a multipart body, also those a query parameter overrides.
 
     A request is refused when any part of it is invalid, as its OpenAPI spec promises, not only the part used.
@@ -46,4 +60,4 @@ def check_form_options(form: FormData, num_classes: int | None) -> None:
         if len(values) > 1:
             raise ApiError(422, "invalid_request", f"{name}: given {len(values)} times, expected once")
         for raw in values:
-            option_value(name, raw, num_classes)
+            option_value(name, raw, maxima)

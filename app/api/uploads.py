@@ -19,7 +19,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from app.api.deps import current_pipeline
 from app.api.errors import ApiError
-from app.api.options import check_form_options
+from app.api.options import check_form_options, option_maxima
 from app.core.config import Settings
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries, part headers and small fields around one file
@@ -77,16 +77,11 @@ async def _parse_multipart(request: Request, limit: int, max_files: int, too_man
             raise ApiError(413, "too_many_items", too_many) from exc
         raise ApiError(400, "bad_request", f"malformed multipart body: {exc}") from exc
     try:
-        check_form_options(form, _num_classes(request))
+        check_form_options(form, option_maxima(current_pipeline(request.app)))
     except ApiError:
         await form.close()
         raise
     return form
-
-
-def _num_classes(request: Request) -> int | None:
-    pipeline = current_pipeline(request.app)
-    return pipeline.ensemble.num_classes if pipeline is not None else None
 
 
 def _file_part(value: UploadFile | str, field: str) -> UploadFile:

@@ -268,11 +268,11 @@ class Pipeline:
         return results  # type: ignore[return-value]
 
     def _set_size(self, request: InferenceRequest, member_probs: np.ndarray) -> int:
-        """How many labels the image gets: top_k, or the size of its average-k set."""
+        """How many labels the image gets: top_k, or the size of its average-k set (at most top_k)."""
         if request.average_k is None:
             return request.top_k
         threshold = self.ensemble.label_set_threshold(request.average_k)
-        return int(label_set_sizes(member_probs.mean(axis=0)[None], threshold)[0])
+        return min(request.top_k, int(label_set_sizes(member_probs.mean(axis=0)[None], threshold)[0]))
 
     def result(self, inference: InferenceResult, tta: bool, batch_size: int, timings: Timings, mode: str = TOP_K) -> ImageResult:
         """Top-k labels with scores and votes, plus each member's top-1."""

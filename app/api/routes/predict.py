@@ -36,7 +36,7 @@ AverageKQuery = Annotated[
         ge=1,
         description="Return the average-k label set instead of the top-k labels: the labels above the probability "
         "threshold fitted on validation so that sets hold k labels on average (k from 1 to the largest k every "
-        "member has a threshold for, usually 5). Not together with top_k. Also accepted as a multipart field.",
+        "member has a threshold for, usually 5); top_k, when given, caps the set. Also accepted as a multipart field.",
         examples=[3],
     ),
 ]
@@ -56,7 +56,7 @@ class QueryOptions:
     average_k: int | None
 
 
-def query_options(top_k: TopKQuery = None, tta: TtaQuery = None, average_k: AverageKQuery = None) -> QueryOptions:
+async def query_options(top_k: TopKQuery = None, tta: TtaQuery = None, average_k: AverageKQuery = None) -> QueryOptions:
     return QueryOptions(top_k, tta, average_k)
 
 
@@ -116,7 +116,7 @@ COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
     413: _error("Upload over max_upload_bytes / max_request_bytes, image over max_image_pixels, or too many files."),
     415: _error("Not an image Pillow can decode, or a content type other than multipart or image/*."),
     422: _error(
-        "Invalid parameter (top_k out of 1..classes, average_k beyond the fitted thresholds or given with top_k), "
+        "Invalid parameter (top_k out of 1..classes, average_k beyond the fitted thresholds), "
         "missing field, or an image too costly to decode."
     ),
     429: _error("This client has max_requests_per_client requests in flight already (Retry-After)."),
@@ -133,7 +133,8 @@ def _options(
         if values[name] is None and form is not None and name in form:
             values[name] = option_value(name, form[name])
     num_classes = pipeline.ensemble.num_classes
-    resolved_top_k = values["top_k"] if values["top_k"] is not None else min(settings.default_top_k, num_classes)
+    default_top_k = num_classes if values["average_k"] is not None else min(settings.default_top_k, num_classes)
+    resolved_top_k = values["top_k"] if values["top_k"] is not None else default_top_k
     if not 1 <= resolved_top_k <= num_classes:
         raise ApiError(422, "invalid_request", f"top_k must be between 1 and {num_classes}, got {resolved_top_k}")
     return resolved_top_k, settings.tta if values["tta"] is None else values["tta"], _average_k(pipeline, values)
@@ -144,8 +145,6 @@ def _average_k(pipeline: Pipeline, values: dict[str, Any]) -> int | None:
     average_k = values["average_k"]
     if average_k is None:
         return None
-    if values["top_k"] is not None:
-        raise ApiError(422, "invalid_request", "give top_k or average_k, not both")
     available = pipeline.ensemble.max_average_k
     if available == 0:
         raise ApiError(422, "invalid_request", "average_k needs calibrated members; re-export them with this productrec")
