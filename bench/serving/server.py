@@ -42,16 +42,25 @@ class Service:
     """``productrec serve`` (or another ASGI ``command``) in a subprocess on a free loopback port, stopped on exit."""
 
     def __init__(
-        self, env: dict[str, str], log_path: Path, ready_timeout_s: float = 600, command: Sequence[str] | None = None
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        ready_timeout_s: float = 600,
+        command: Sequence[str] | None = None,
+        ready_path: str = "/readyz",
     ) -> None:
-        """``command``: the server to start, to which ``--host``, ``--port`` and ``--log-level`` are added."""
+        """``command``: the server to start, to which ``--host``, ``--port`` and ``--log-level`` are added;
+        ``ready_path``: answers 200 once it is ready (another server's, e.g. LitServe's /health)."""
+        self.ready_path = ready_path
         command = command or _productrec_serve()
         self.port = _free_port()
         self.log_path = log_path
         self._log = log_path.open("w")
+        # This checkout's app, not whatever the environment's editable install points at (another worktree)
+        path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
         self.process = subprocess.Popen(
             [*command, "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
-            env={**os.environ, **env},
+            env={**os.environ, "PYTHONPATH": path, **env},
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
@@ -73,13 +82,13 @@ class Service:
                 raise RuntimeError(f"the service exited with status {self.process.returncode}:\n{self.log_tail()}")
             try:
                 connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-                connection.request("GET", "/readyz")
+                connection.request("GET", self.ready_path)
                 response = connection.getresponse()
                 body = response.read()
                 connection.close()
                 if response.status == 200:
                     return
-                if b"still loading" not in body:
+                if self.ready_path == "/readyz" and b"still loading" not in body:
                     raise RuntimeError(f"the service is up but not ready: {body.decode()}\n{self.log_tail()}")
             except (ConnectionError, OSError):
                 pass
