@@ -231,18 +231,24 @@ def _normalising_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.nd
     return (levels - np.asarray(mean, np.float32)[:, None]) / np.asarray(std, np.float32)[:, None]
 
 
-def normalize(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
-    """PIL image -> float32 ``[C, H, W]`` scaled to 0..1, minus mean, over std."""
+def normalize(image: Image.Image, config: PreprocessConfig, out: np.ndarray | None = None) -> np.ndarray:
+    """PIL image -> float32 ``[C, H, W]`` scaled to 0..1, minus mean, over std (written into ``out`` if given)."""
     pixels = np.asarray(image)
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
+    channels, height, width = pixels.shape[2], pixels.shape[0], pixels.shape[1]
+    if out is None:
+        out = np.empty((channels, height, width), np.float32)
     if pixels.dtype == np.uint8:  # a table look-up per channel: one pass instead of four
         table = _normalising_table(config.mean, config.std)
-        return np.stack([table[channel][pixels[:, :, channel]] for channel in range(pixels.shape[2])])
+        for channel in range(channels):
+            np.take(table[channel], pixels[:, :, channel], out=out[channel])
+        return out
     scaled = pixels.astype(np.float32) / 255.0
     mean = np.asarray(config.mean, dtype=np.float32)
     std = np.asarray(config.std, dtype=np.float32)
-    return np.ascontiguousarray(((scaled - mean) / std).transpose(2, 0, 1))
+    out[...] = ((scaled - mean) / std).transpose(2, 0, 1)
+    return out
 
 
 def tta_crops(image: Image.Image, config: PreprocessConfig, sizes: Sequence[int]) -> np.ndarray:
@@ -251,11 +257,10 @@ def tta_crops(image: Image.Image, config: PreprocessConfig, sizes: Sequence[int]
     Returns float32 ``[len(sizes), C, input_size, input_size]``.
     """
     image = to_model_mode(image, config.in_chans)
-    crops = [
-        normalize(resized_crop(image, size, None, None, config.input_size, config.interpolation), config)
-        for size in sizes
-    ]
-    return np.stack(crops)
+    crops = np.empty((len(sizes), config.in_chans, config.input_size, config.input_size), np.float32)
+    for crop_out, size in zip(crops, sizes):
+        normalize(resized_crop(image, size, None, None, config.input_size, config.interpolation), config, crop_out)
+    return crops
 
 
 CropPlan = Sequence[tuple[PreprocessConfig, Sequence[int]]]
