@@ -97,6 +97,12 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(
         32, ge=1, description="Dynamic batching: most images in one onnxruntime run per member."
     )
+    inference_threads: int = Field(
+        1,
+        ge=1,
+        description="Dynamic batching: batches run at once, each on its own thread (the sessions are shared). "
+        "Above 1, give each run fewer intra-op threads (about cores / inference_threads).",
+    )
     max_queue_delay_ms: float = Field(
         2.0,
         ge=0,

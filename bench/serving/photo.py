@@ -45,7 +45,8 @@ from bench.serving.server import Service, settings_for
 
 CONCURRENCY = 8
 TAIL_CONCURRENCY = 64
-LAYOUTS = [(workers, threads) for workers in (1, 2) for threads in (1, 2)]  # ProductRec: decode workers x intra-op
+# ProductRec: (decode workers, intra-op threads, inference threads); the first is the default on 2 cores
+LAYOUTS = [(2, 2, 1), (1, 1, 1), (2, 1, 1), (1, 1, 2), (2, 1, 2)]
 PEER_SWEEP = [(workers, threads, batch) for workers in (1, 2) for threads in (1, 2) for batch in (1, 4)]
 
 
@@ -97,7 +98,7 @@ def productrec(repository: Path, overrides: dict[str, str], log: Path) -> Servic
 def peer(repository: Path, workers: int, threads: int, batch: int, tta: bool, log: Path) -> Service:
     command = [sys.executable, str(REPO / "bench" / "litserve_peer.py"), str(repository), "--workers", str(workers),
                "--threads", str(threads), "--max-batch-size", str(batch), *(["--tta"] if tta else [])]
-    return Service({}, log, command=command, ready_path="/health")
+    return Service({}, log, command=command, ready_path="/health", own_group=True)
 
 
 def load(service: Service, photos: Sequence[bytes], requests: int, concurrency: int = CONCURRENCY,
@@ -115,11 +116,12 @@ def summary(round_: LoadRound) -> dict:
 def sweep(repository: Path, photos: Sequence[bytes], requests: int, scratch: Path) -> tuple[dict, dict]:
     """Plain path, c=8: ProductRec's layouts and LitServe's configurations, one short load each."""
     layouts, peers = {}, {}
-    for workers, threads in LAYOUTS:
-        name = f"{workers} decode workers, {threads} intra-op threads"
-        overrides = {"decode_workers": str(workers), "intra_op_threads": str(threads), "tta": "false"}
+    for workers, threads, batches in LAYOUTS:
+        name = f"{workers} decode workers, {batches} inference threads x {threads} intra-op threads"
+        layout = {"decode_workers": workers, "intra_op_threads": threads, "inference_threads": batches}
+        overrides = {**{key: str(value) for key, value in layout.items()}, "tta": "false"}
         with productrec(repository, overrides, scratch / "layout.log") as service:
-            layouts[name] = {"decode_workers": workers, "intra_op_threads": threads, **summary(load(service, photos, requests))}
+            layouts[name] = {**layout, **summary(load(service, photos, requests))}
         print(f"  ProductRec {name}: {layouts[name]['images_per_s']:.1f} img/s", flush=True)
     for workers, threads, batch in PEER_SWEEP:
         name = f"{workers} workers x {threads} threads, batch {batch}"
@@ -204,8 +206,7 @@ def measure(args: argparse.Namespace) -> dict:
         best_layout = max(layouts.values(), key=lambda value: value["images_per_s"])
         best_peer = max(peers.values(), key=lambda value: value["images_per_s"])
         results.update(layouts=layouts, litserve_sweep=peers)
-        layout = {"decode_workers": str(best_layout["decode_workers"]),
-                  "intra_op_threads": str(best_layout["intra_op_threads"])}
+        layout = {key: str(best_layout[key]) for key in ("decode_workers", "intra_op_threads", "inference_threads")}
         results["chosen_layout"] = layout
         settings, _ = settings_for(plain_repo, {"tta": "false", "intra_op_spinning": "false"})
         with productrec(plain_repo, {**layout, "tta": "false"}, scratch / "plain.log") as service, \
@@ -229,9 +230,9 @@ def measure(args: argparse.Namespace) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.serving.photo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=240, help="plain path: images per round and server")
-    parser.add_argument("--tta-requests", type=int, default=32, help="TTA: images per round")
-    parser.add_argument("--sweep-requests", type=int, default=120, help="images per sweep configuration")
+    parser.add_argument("--requests", type=int, default=160, help="plain path: images per round and server")
+    parser.add_argument("--tta-requests", type=int, default=16, help="TTA: images per round")
+    parser.add_argument("--sweep-requests", type=int, default=96, help="images per sweep configuration")
     parser.add_argument("--tail-requests", type=int, default=1500)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-tail", action="store_true")

@@ -48,10 +48,14 @@ class Service:
         ready_timeout_s: float = 600,
         command: Sequence[str] | None = None,
         ready_path: str = "/readyz",
+        own_group: bool = False,
     ) -> None:
         """``command``: the server to start, to which ``--host``, ``--port`` and ``--log-level`` are added;
-        ``ready_path``: answers 200 once it is ready (another server's, e.g. LitServe's /health)."""
+        ``ready_path``: answers 200 once it is ready (another server's, e.g. LitServe's /health);
+        ``own_group``: start it in a process group of its own, killed whole on stop (a server whose
+        children outlive it, as LitServe's do)."""
         self.ready_path = ready_path
+        self.own_group = own_group
         command = command or _productrec_serve()
         self.port = _free_port()
         self.log_path = log_path
@@ -64,6 +68,7 @@ class Service:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
+            start_new_session=own_group,
         )
         try:
             self._wait_ready(ready_timeout_s)
@@ -117,6 +122,11 @@ class Service:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.own_group:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)  # the group is the server's: its pgid is its pid
+            except ProcessLookupError:
+                pass
         self._log.close()
 
     def __enter__(self) -> "Service":
