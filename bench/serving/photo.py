@@ -34,9 +34,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from app.contract.preprocess import decode_crops
 from app.engine.ensemble import Ensemble
 from bench import REPO
+from bench.preprocess_cost import preprocessing_cost
 from bench.serving.limit import Limit
 from bench.serving.load import LoadRound, batch_schedule, post_images
 from bench.serving.photos import PHOTO_SIZES, skimage_photos
@@ -53,24 +53,6 @@ PEER_SWEEP = [(workers, threads, batch) for workers in (1, 2) for threads in (1,
 def latency_ms(replies: Sequence) -> dict[str, float]:
     values = np.asarray([reply.latency_s for reply in replies]) * 1000
     return {key: float(np.percentile(values, q)) for key, q in (("p50", 50), ("p95", 95), ("p99", 99))}
-
-
-def preprocessing_cost(photos: Sequence[bytes], plan: list, repeats: int = 5) -> dict[str, float]:
-    """Median CPU ms per photo of ``decode_crops`` for each photo size, and over all of them."""
-    by_size: dict[str, list[bytes]] = {}
-    for data in photos:
-        by_size.setdefault("x".join(map(str, Image.open(io.BytesIO(data)).size)), []).append(data)
-    cost = {}
-    for size, group in by_size.items():
-        passes = []
-        for _ in range(repeats):
-            started = time.process_time()
-            for data in group:
-                decode_crops(data, plan, 10**9)
-            passes.append((time.process_time() - started) / len(group) * 1000)
-        cost[size] = statistics.median(passes)
-    cost["all"] = float(np.mean([cost[size] for size in by_size]))
-    return cost
 
 
 def decode_floor(photos: Sequence[bytes], repeats: int = 5) -> float:
