@@ -57,8 +57,7 @@ def app_without_pipeline():
 
     @asynccontextmanager
     async def lifespan(_) -> AsyncIterator[None]:
-        application.state.pipeline = CannedPipeline()
-        application.state.load_error = None
+        application.state.models.pipeline = CannedPipeline()  # in place of the model repository's load
         yield
 
     application.router.lifespan_context = lifespan

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import threading
@@ -9,8 +10,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
-from serving_helpers import metric, serving
+from serving_helpers import metric, productrec_serve, serving
 
 from app.contract.manifest import ENSEMBLE_FILE, MODEL_FILE, member_dir
 
@@ -45,6 +47,17 @@ def add_version(repository: Path, name: str, version: str, broken: bool = False)
     if broken:  # the manifest's sha256 no longer matches: the load must be refused
         with open(target / MODEL_FILE, "ab") as handle:
             handle.write(b"\0")
+
+
+def v2_request(image: bytes) -> dict:
+    data = base64.b64encode(image).decode()
+    tensor = {"name": "image", "datatype": "BYTES", "shape": [1], "data": [data], "parameters": {"content_type": "base64"}}
+    return {"inputs": [tensor], "outputs": [{"name": "probabilities", "parameters": {"classification": 3}}]}
+
+
+def served_v2(answer: dict) -> tuple:
+    members = answer["parameters"]["members"].split(",")
+    return answer["parameters"]["strategy"], tuple(tuple(member.split(":")) for member in members)
 
 
 def wait_for(condition, timeout_s: float = 60) -> None:
@@ -111,7 +124,7 @@ def test_latest_follows_the_highest_version_in_poll_mode(repository: Path, image
 
 
 def test_five_reloads_under_load_fail_no_request(repository: Path, images) -> None:
-    """Concurrency 16 while the ensemble is reloaded five times: every answer comes from one complete ensemble."""
+    """Concurrency 16 (/v1 and v2) while the ensemble is reloaded five times: every answer is from one complete ensemble."""
     add_version(repository, "resnet10t", "2")
     add_version(repository, "resnest14d", "3")
     add_version(repository, "seresnet18", "4", broken=True)
@@ -129,14 +142,18 @@ def test_five_reloads_under_load_fail_no_request(repository: Path, images) -> No
     stop = threading.Event()
     with serving(repository, model_control_mode="explicit", decode_workers=2, queue_limit=256) as client:
         def hammer(worker: int) -> int:
+            """Half the workers ask /v1/predict, half v2 infer; both answers say which members served them."""
             count = 0
             while not stop.is_set():
-                response = client.post("/v1/predict", content=images[(worker + count) % len(images)],
-                                       headers={"Content-Type": "image/png"})
+                image = images[(worker + count) % len(images)]
+                if worker % 2:
+                    response = client.post("/v2/models/default/infer", json=v2_request(image))
+                else:
+                    response = client.post("/v1/predict", content=image, headers={"Content-Type": "image/png"})
                 if response.status_code != 200:
                     failures.append(f"{response.status_code}: {response.text}")
                 else:
-                    seen.append(served(response.json()))
+                    seen.append(served_v2(response.json()) if worker % 2 else served(response.json()))
                 count += 1
             return count
 
@@ -156,3 +173,16 @@ def test_five_reloads_under_load_fail_no_request(repository: Path, images) -> No
             total = sum(count.result() for count in counts)
     assert failures == [] and total == len(seen) > 50
     assert set(seen) <= allowed, f"an answer came from a mix of ensembles: {set(seen) - allowed}"
+
+
+def test_every_worker_follows_the_repository_in_poll_mode(repository: Path, images, tmp_path: Path) -> None:
+    """With --workers 2 each worker polls the repository itself: both load the new version (metrics count 2 + 2)."""
+    options = ["--workers", "2", "--decode-workers", "1", "--model-control-mode", "poll", "--repository-poll-s", "0.2"]
+    with productrec_serve(repository, tmp_path, options) as base:
+        wait_for(lambda: metric(httpx.get(f"{base}/metrics").text, "productrec_model_loads_total", result="loaded") == 2)
+        add_version(repository, "resnet10t", "2")
+        write_ensemble(repository, {"resnet10t": "2"})
+        wait_for(lambda: metric(httpx.get(f"{base}/metrics").text, "productrec_model_loads_total", result="loaded") == 4)
+        for _ in range(8):  # new connections, so both workers answer some
+            answer = httpx.post(f"{base}/v1/predict", content=images[0], headers={"Content-Type": "image/png", "Connection": "close"})
+            assert answer.status_code == 200 and served(answer.json())[1][0] == ("resnet10t", "2")

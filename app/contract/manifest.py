@@ -17,10 +17,12 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from app.contract.ranking import STRATEGIES
 from app.contract.preprocess import PreprocessConfig
+
+Parsed = TypeVar("Parsed")
 
 MANIFEST_FILE = "manifest.json"
 ENSEMBLE_FILE = "ensemble.json"
@@ -212,12 +214,16 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def load_manifest(directory: Path) -> ModelManifest:
-    path = Path(directory) / MANIFEST_FILE
+def _parse_json_file(path: Path, parse: Callable[[dict[str, Any]], Parsed], what: str) -> Parsed:
+    """``parse`` of the JSON in ``path``; ``RepositoryError`` naming the file and ``what`` it should be."""
     try:
-        return ModelManifest.from_dict(read_json(path))
+        return parse(read_json(path))
     except (KeyError, TypeError, ValueError) as exc:
-        raise RepositoryError(f"{path}: invalid manifest: {exc}") from exc
+        raise RepositoryError(f"{path}: invalid {what}: {exc}") from exc
+
+
+def load_manifest(directory: Path) -> ModelManifest:
+    return _parse_json_file(Path(directory) / MANIFEST_FILE, ModelManifest.from_dict, "manifest")
 
 
 def load_member(repository: Path, ref: MemberRef, verify: bool = True) -> LoadedMember:
@@ -238,11 +244,7 @@ def load_member(repository: Path, ref: MemberRef, verify: bool = True) -> Loaded
 
 def read_ensemble_spec(repository: Path) -> EnsembleSpec:
     """The repository's ``ensemble.json``; ``RepositoryError`` naming the file when it is invalid."""
-    path = Path(repository) / ENSEMBLE_FILE
-    try:
-        return EnsembleSpec.from_dict(read_json(path))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise RepositoryError(f"{path}: invalid ensemble file: {exc}") from exc
+    return _parse_json_file(Path(repository) / ENSEMBLE_FILE, EnsembleSpec.from_dict, "ensemble file")
 
 
 def read_repository(repository: Path, verify: bool = True) -> tuple[EnsembleSpec, list[LoadedMember]]:

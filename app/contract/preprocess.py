@@ -14,7 +14,6 @@ kept are computed, never the whole resized image.
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Sequence
@@ -26,6 +25,9 @@ from app.contract.errors import DomainError
 
 # Truncated files are bad input, not something to half-decode silently.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Pillow's own bomb limit is process-wide state; swapping it per call is not thread-safe. Our limit
+# (``check_pixels``, a setting) is applied to every image from its header before any pixel is decoded.
+Image.MAX_IMAGE_PIXELS = None
 
 INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST,
@@ -103,26 +105,16 @@ def decode_image(data: bytes, in_chans: int, max_pixels: int, shorter_side: int 
     other formats and smaller images decode as they are.
     """
     try:
-        with warnings.catch_warnings():
-            # Pillow warns (and at 2x raises) on bombs; we apply our own limit first.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            previous_limit = Image.MAX_IMAGE_PIXELS
-            Image.MAX_IMAGE_PIXELS = None
-            try:
-                image = Image.open(io.BytesIO(data))
-            finally:
-                Image.MAX_IMAGE_PIXELS = previous_limit
-            check_pixels(*image.size, max_pixels)
-            image.seek(0)
-            if shorter_side is not None and draft_scale(image.size, shorter_side) > 1:
-                image.draft(image.mode, (shorter_side, shorter_side))  # same mode: only the scale changes
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            return to_model_mode(image, in_chans)
+        image = Image.open(io.BytesIO(data))
+        check_pixels(*image.size, max_pixels)
+        image.seek(0)
+        if shorter_side is not None and draft_scale(image.size, shorter_side) > 1:
+            image.draft(image.mode, (shorter_side, shorter_side))  # same mode: only the scale changes
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return to_model_mode(image, in_chans)
     except (ImageTooLargeError, ImageDecodeError):
         raise
-    except Image.DecompressionBombError as exc:  # pragma: no cover - limit checked above
-        raise ImageTooLargeError(str(exc)) from exc
     except MemoryError as exc:
         raise ImageTooLargeError(f"not enough memory to decode the image: {exc}") from exc
     except UnidentifiedImageError as exc:

@@ -256,7 +256,14 @@ class EnsembleModel:
             compute_input_s=max(result.timings.decode_ms for result in results) / 1000,
             compute_infer_s=max(result.timings.inference_ms for result in results) / 1000,
         )
-        return InferResponse(self.name, self.version, outputs, parameters={"tta": tta}, timings=timings)
+        # The members and strategy that answered: a reload swaps the ensemble between requests, never within one.
+        served = {"tta": tta, "strategy": results[0].strategy, "members": _members_text(results[0])}
+        return InferResponse(self.name, self.version, outputs, parameters=served, timings=timings)
+
+
+def _members_text(result: ImageResult) -> str:
+    """``name:version`` of each member that answered, comma-separated."""
+    return ",".join(f"{member.name}:{member.version}" for member in result.members)
 
 
 class MemberModel:
