@@ -200,3 +200,21 @@ def test_large_images_hold_at_most_their_lane_and_small_ones_pass_them(via) -> N
                 future.result(timeout=60)
             large_seconds = time.perf_counter() - started
     assert max(small_seconds) < large_seconds / 4, (small_seconds, large_seconds)
+
+
+def test_large_uploads_decode_one_after_another_under_uvloop() -> None:
+    # uvloop leaves a socket it watched non-blocking; a later upload too large to write at once
+    # (sent from a thread, which expects a blocking socket) must still reach the worker whole.
+    uvloop = pytest.importorskip("uvloop")
+    data = encode(noise_image(2, (700, 700), "RGB"), "PNG")  # ~1.4 MB: larger than the socket buffer
+    assert len(data) > 1024 * 1024
+
+    async def decode_twice(pool: DecodePool) -> list:
+        return [await pool.decode_async(data, PLAN, MAX_PIXELS) for _ in range(3)]
+
+    with DecodePool(workers=1, timeout_s=10) as pool:
+        decoded = uvloop.run(decode_twice(pool))
+    expected = decode_crops(data, PLAN, MAX_PIXELS)
+    for result in decoded:
+        for got, want in zip(result.crops, expected):
+            np.testing.assert_array_equal(got, want)

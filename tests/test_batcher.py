@@ -209,3 +209,27 @@ def test_invalid_limits_are_refused(kwargs) -> None:
     settings = {"max_batch_size": 1, "max_queue_delay_s": 0.0, "queue_limit": 1, **kwargs}
     with pytest.raises(ValueError):
         DynamicBatcher(lambda requests: requests, **settings)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batches_run_at_once_on_as_many_threads_as_asked(threads) -> None:
+    barrier = threading.Barrier(2, timeout=2)  # passes only when two batches run at the same time
+    order: list[int] = []
+
+    def process(requests: list[int]) -> list[bool]:
+        try:
+            barrier.wait()
+            met = True
+        except threading.BrokenBarrierError:
+            met = False
+        order.extend(requests)
+        return [met] * len(requests)
+
+    async def scenario() -> list[bool]:
+        async with running(process, max_batch_size=1, threads=threads) as batcher:
+            results = await asyncio.gather(batcher.submit(1), batcher.submit(2))
+        return [result.result for result in results]
+
+    met = run(scenario())
+    assert met == ([True, True] if threads == 2 else [False, False])
+    assert sorted(order) == [1, 2]

@@ -18,8 +18,11 @@ from app.contract.preprocess import (
     crops_for_plan,
     decode_crops,
     decode_image,
+    draft_scale,
+    normalize,
     random_scaled_crop,
     resize_shorter_side,
+    resized_crop,
     tta_crops,
 )
 
@@ -173,3 +176,87 @@ def test_random_scaled_crop_is_seeded_and_within_tta_range() -> None:
     np.testing.assert_array_equal(first, again)
     crops = [random_scaled_crop(image, COLOUR, np.random.default_rng(seed)) for seed in range(8)]
     assert len({crop.tobytes() for crop in crops}) > 1
+
+
+def _photo(size: tuple[int, int], seed: int = 0) -> bytes:
+    """A photo-like JPEG (q90): smooth gradients, a few sharp-edged shapes and mild noise."""
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width] / max(size)
+    rng = np.random.default_rng(seed)
+    pixels = np.stack([128 + 100 * np.sin(6 * x + c) * np.cos(4 * y - c) for c in range(3)], axis=-1)
+    for _ in range(6):
+        left, top = rng.integers(0, width // 2), rng.integers(0, height // 2)
+        pixels[top : top + height // 4, left : left + width // 4] = rng.integers(0, 256, 3)
+    pixels += rng.normal(0, 6, pixels.shape)
+    return encode(Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)), "JPEG", quality=90)
+
+
+PHOTO = PreprocessConfig(
+    input_size=224, in_chans=3, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), tta_sizes=(256, 272, 288, 304, 320)
+)
+
+
+def _levels(normalised: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """Normalised crops back in 8-bit levels, to compare paths in the units of the image."""
+    return normalised * (255 * np.asarray(config.std, np.float32)[:, None, None])
+
+
+def _full_resolution_crops(data: bytes, config: PreprocessConfig) -> np.ndarray:
+    """The previous path: a full-resolution decode, each size resized whole, then centre-cropped."""
+    image = decode_image(data, config.in_chans, LIMIT)
+    sizes = config.sizes(tta=True)
+    return np.stack([normalize(center_crop(resize_shorter_side(image, s, "bilinear"), config.input_size), config) for s in sizes])
+
+
+@pytest.mark.parametrize(("size", "scale"), [((640, 480), 1), ((1024, 768), 2), ((2048, 1536), 4), ((3000, 2000), 4)])
+def test_jpegs_decode_at_the_smallest_dct_scale_that_covers_the_largest_size(size, scale) -> None:
+    data = _photo(size)
+    assert draft_scale(size, 320) == scale
+    decoded = decode_image(data, 3, LIMIT, shorter_side=320)
+    assert decoded.size == tuple(-(-side // scale) for side in size)
+    assert min(decoded.size) >= 320
+
+
+@pytest.mark.parametrize("size", [(640, 480), (1024, 768), (2048, 1536)])
+def test_reduced_scale_crops_match_the_full_resolution_path_on_photos(size) -> None:
+    # Tolerance, in 8-bit levels: libjpeg's scaled IDCT is another low-pass filter than the bilinear
+    # antialiasing of a full-size decode, so edges differ by a few levels; on average under one.
+    data = _photo(size)
+    new = _levels(decode_crops(data, [(PHOTO, PHOTO.sizes(tta=True))], LIMIT)[0], PHOTO)
+    old = _levels(_full_resolution_crops(data, PHOTO), PHOTO)
+    difference = np.abs(new - old)
+    assert difference.mean() < 1.0
+    assert np.percentile(difference, 99) < 6.0
+
+
+def test_cropping_while_resizing_equals_resizing_then_cropping() -> None:
+    image = decode_image(_photo((1024, 768)), 3, LIMIT)
+    for size in PHOTO.sizes(tta=True):
+        whole = np.asarray(center_crop(resize_shorter_side(image, size, "bilinear"), 224), np.int16)
+        direct = np.asarray(resized_crop(image, size, None, None, 224, "bilinear"), np.int16)
+        assert np.abs(whole - direct).max() <= 2  # the filter weights' rounding, no more
+        assert np.abs(whole - direct).mean() < 0.05
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_reduced_scale_decoding_is_a_no_op_for_small_images(mode) -> None:
+    # training reads 28x28 images with TTA sizes 28-36: nothing may change there
+    data = encode(noise_image(5, (28, 28), mode), "JPEG", quality=90)
+    for in_chans in (1, 3):
+        plain = np.asarray(decode_image(data, in_chans, LIMIT))
+        assert np.array_equal(np.asarray(decode_image(data, in_chans, LIMIT, shorter_side=36)), plain)
+    assert decode_image(encode(noise_image(5, (60, 60), mode), "JPEG"), 3, LIMIT, shorter_side=36).size == (60, 60)
+
+
+def test_the_pixel_limit_is_checked_on_the_full_size_before_a_reduced_decode() -> None:
+    data = _photo((2048, 1536))
+    assert decode_image(data, 3, 2048 * 1536, shorter_side=256).size == (512, 384)
+    with pytest.raises(ImageTooLargeError, match="2048x1536"):
+        decode_image(data, 3, 2048 * 1536 - 1, shorter_side=256)  # 512x384 decoded would be well under
+
+
+def test_normalising_by_table_equals_the_arithmetic() -> None:
+    image = noise_image(6, (17, 9), "RGB")
+    pixels = np.asarray(image, np.float32) / 255.0
+    expected = ((pixels - np.asarray(COLOUR.mean, np.float32)) / np.asarray(COLOUR.std, np.float32)).transpose(2, 0, 1)
+    np.testing.assert_array_equal(normalize(image, COLOUR), expected)

@@ -26,7 +26,7 @@ from app.cli import CommandError
 from app.contract.ranking import predict_top1
 from app.engine.ensemble import Ensemble
 from app.contract.manifest import EnsembleSpec, MemberRef, ModelManifest, sha256_file, write_json
-from app.contract.preprocess import tta_crops
+from app.contract.preprocess import largest_size, tta_crops
 from training.config import DataConfig, user_errors
 from training.data import ImageSet, Splits, build_splits
 from training.image_sets import BadImageError
@@ -113,11 +113,12 @@ def predict(
     member_top1: dict[str, list[np.ndarray]] = {setting: [] for setting in settings}
     ensemble_top1: dict[str, list[np.ndarray]] = {setting: [] for setting in settings}
     kept, skipped = [], []
+    shorter_side = largest_size(ensemble.crop_plan(tta=True))  # JPEG files decode as the service decodes them
     for start in tqdm(range(0, len(indices), batch_size), desc=description, unit="batch", leave=False, dynamic_ncols=True):
         decoded = []
         for index in indices[start : start + batch_size]:
             try:
-                decoded.append(images.load(int(index)))
+                decoded.append(images.load(int(index), shorter_side))
                 kept.append(int(index))
             except BadImageError as exc:
                 log.warning("skipping %s", exc)

@@ -211,7 +211,8 @@ def parity_batch(run: TrainedRun, n_images: int, splits: Splits | None = None) -
     crops = []
     for index in np.unique(np.linspace(0, len(images) - 1, min(n_images, len(images))).astype(int)):
         try:
-            crops.append(tta_crops(images.load(int(index)), preprocess, preprocess.sizes(tta=True)))
+            sizes = preprocess.sizes(tta=True)
+            crops.append(tta_crops(images.load(int(index), max(sizes)), preprocess, sizes))
         except BadImageError as exc:
             log.warning("parity check: skipping %s", exc)
     if not crops:

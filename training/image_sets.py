@@ -46,8 +46,12 @@ class ImageSet(abc.ABC):
         return self.load(index), int(self.labels[index])
 
     @abc.abstractmethod
-    def load(self, index: int) -> Image.Image:
-        """The decoded image ("L" for 1 channel, "RGB" for 3); ``BadImageError`` if it cannot be read."""
+    def load(self, index: int, shorter_side: int | None = None) -> Image.Image:
+        """The decoded image ("L" for 1 channel, "RGB" for 3); ``BadImageError`` if it cannot be read.
+
+        ``shorter_side``: the largest resize size its crops need; a JPEG file is then decoded at the
+        reduced scale the service decodes it at (``app.contract.preprocess.decode_image``).
+        """
 
     @abc.abstractmethod
     def describe(self, index: int) -> str:
@@ -76,8 +80,8 @@ class ArrayImageSet(ImageSet):
         self.source = source
         self.in_chans = 1
 
-    def load(self, index: int) -> Image.Image:
-        return Image.fromarray(self.images[index])
+    def load(self, index: int, shorter_side: int | None = None) -> Image.Image:
+        return Image.fromarray(self.images[index])  # arrays, not files: nothing to decode at reduced scale
 
     def describe(self, index: int) -> str:
         return f"{self.source} #{int(self.source_indices[index])}"
@@ -104,10 +108,10 @@ class FileImageSet(ImageSet):
         self.in_chans = in_chans
         self.max_pixels = max_pixels
 
-    def load(self, index: int) -> Image.Image:
+    def load(self, index: int, shorter_side: int | None = None) -> Image.Image:
         path = self.paths[index]
         try:
-            return decode_image(path.read_bytes(), self.in_chans, self.max_pixels)
+            return decode_image(path.read_bytes(), self.in_chans, self.max_pixels, shorter_side)
         except (OSError, ImageDecodeError, ImageTooLargeError) as exc:
             raise BadImageError(path, str(exc)) from exc
 

@@ -81,7 +81,7 @@ class TorchImageSet(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int] | Skipped:
         epoch, index = key
         try:
-            image = self.images.load(index)
+            image = self.images.load(index, max(self.preprocess.sizes(tta=True)))
         except BadImageError as exc:
             return Skipped(str(exc))
         if self.augment:

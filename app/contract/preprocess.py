@@ -3,15 +3,19 @@
 Only Pillow and NumPy: the service imports this module, and so do training's
 augmentation and evaluation, so what was evaluated is exactly what is served.
 
-Pipeline: ``decode_image`` (bytes -> PIL image in the model's channel mode) ->
+Pipeline: ``decode_image`` (bytes -> PIL image in the model's channel mode; a
+JPEG at the smallest DCT scale that still covers the largest resize size) ->
 ``tta_crops`` (resize the shorter side to each TTA size, centre-crop to the
-model input, normalise) -> float32 array ``[n_sizes, C, H, W]``.
+model input, normalise) -> float32 array ``[n_sizes, C, H, W]``. Each crop is
+resampled straight from the decoded image (``resized_crop``): only the pixels
+kept are computed, never the whole resized image.
 """
 
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -90,17 +94,22 @@ class PreprocessConfig:
         return sizes if tta else sizes[:1]
 
 
-def decode_image(data: bytes, in_chans: int, max_pixels: int) -> Image.Image:
+def decode_image(data: bytes, in_chans: int, max_pixels: int, shorter_side: int | None = None) -> Image.Image:
     """Decode bytes to a PIL image in the model's mode ("L" or "RGB").
 
     Applies EXIF orientation, takes the first frame of animations, composites
     transparency onto white and scales 16-bit/32-bit images to 8 bits. The pixel
-    count is checked from the header, before any pixel is decoded.
+    count is checked from the header, before any pixel is decoded. With
+    ``shorter_side``, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8)
+    whose shorter side is still at least ``shorter_side`` (``draft_scale``);
+    other formats and smaller images decode as they are.
     """
     try:
         image = Image.open(io.BytesIO(data))
         check_pixels(*image.size, max_pixels)
         image.seek(0)
+        if shorter_side is not None and draft_scale(image.size, shorter_side) > 1:
+            image.draft(image.mode, (shorter_side, shorter_side))  # same mode: only the scale changes
         image.load()
         image = ImageOps.exif_transpose(image)
         return to_model_mode(image, in_chans)
@@ -112,6 +121,16 @@ def decode_image(data: bytes, in_chans: int, max_pixels: int) -> Image.Image:
         raise ImageDecodeError("cannot decode image: not a format Pillow recognises (JPEG, PNG, WebP, GIF, BMP, TIFF, ...)") from exc
     except Exception as exc:  # crafted files make Pillow raise struct.error, IndexError, ... too
         raise ImageDecodeError(f"cannot decode image: {type(exc).__name__}: {exc}") from exc
+
+
+def draft_scale(size: tuple[int, int], shorter_side: int) -> int:
+    """The DCT scale denominator (1, 2, 4 or 8) libjpeg decodes a ``size`` JPEG at for ``shorter_side``.
+
+    As Pillow's ``JpegImageFile.draft`` chooses it: the largest that keeps the shorter side at least
+    ``shorter_side`` (1: the draft would not shrink the image and is not asked for).
+    """
+    ratio = min(size) // max(1, shorter_side)
+    return next(scale for scale in (8, 4, 2, 1) if scale <= max(1, ratio))
 
 
 def check_pixels(width: int, height: int, max_pixels: int) -> None:
@@ -152,11 +171,16 @@ def _scale_to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), mode="L")
 
 
+def resized_size(size: tuple[int, int], shorter_side: int) -> tuple[int, int]:
+    """The size of an image of ``size`` whose shorter side is resized to ``shorter_side``, aspect kept."""
+    width, height = size
+    scale = shorter_side / min(width, height)
+    return max(shorter_side, round(width * scale)), max(shorter_side, round(height * scale))
+
+
 def resize_shorter_side(image: Image.Image, size: int, interpolation: str) -> Image.Image:
     """Resize so the shorter side is ``size``, keeping the aspect ratio."""
-    width, height = image.size
-    scale = size / min(width, height)
-    new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
+    new_size = resized_size(image.size, size)
     if new_size == image.size:
         return image
     return image.resize(new_size, INTERPOLATIONS[interpolation])
@@ -173,14 +197,50 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
     return crop(image, (width - size) // 2, (height - size) // 2, size)
 
 
-def normalize(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
-    """PIL image -> float32 ``[C, H, W]`` scaled to 0..1, minus mean, over std."""
-    pixels = np.asarray(image, dtype=np.float32) / 255.0
+def resized_crop(
+    image: Image.Image, shorter_side: int, left: int | None, top: int | None, size: int, interpolation: str
+) -> Image.Image:
+    """``crop(resize_shorter_side(image, shorter_side), left, top, size)`` (centred where left/top is None).
+
+    Only the ``size`` x ``size`` pixels kept are resampled (Pillow's ``resize(box=...)`` with the box
+    those pixels cover in ``image``; the filter still reads the pixels around the box), not the
+    whole resized image: the same values to within rounding of the filter weights.
+    """
+    width, height = resized_size(image.size, shorter_side)
+    left = (width - size) // 2 if left is None else left
+    top = (height - size) // 2 if top is None else top
+    if (width, height) == image.size:
+        return crop(image, left, top, size)
+    x_scale, y_scale = image.width / width, image.height / height
+    box = (left * x_scale, top * y_scale, (left + size) * x_scale, (top + size) * y_scale)
+    return image.resize((size, size), INTERPOLATIONS[interpolation], box=box)
+
+
+@lru_cache(maxsize=64)
+def _normalising_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """``[C, 256]`` float32: the normalised value of each 8-bit level, computed as ``normalize`` would."""
+    levels = np.arange(256, dtype=np.float32)[None, :] / 255.0
+    return (levels - np.asarray(mean, np.float32)[:, None]) / np.asarray(std, np.float32)[:, None]
+
+
+def normalize(image: Image.Image, config: PreprocessConfig, out: np.ndarray | None = None) -> np.ndarray:
+    """PIL image -> float32 ``[C, H, W]`` scaled to 0..1, minus mean, over std (written into ``out`` if given)."""
+    pixels = np.asarray(image)
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
+    channels, height, width = pixels.shape[2], pixels.shape[0], pixels.shape[1]
+    if out is None:
+        out = np.empty((channels, height, width), np.float32)
+    if pixels.dtype == np.uint8:  # a table look-up per channel: one pass instead of four
+        table = _normalising_table(config.mean, config.std)
+        for channel in range(channels):
+            np.take(table[channel], pixels[:, :, channel], out=out[channel])
+        return out
+    scaled = pixels.astype(np.float32) / 255.0
     mean = np.asarray(config.mean, dtype=np.float32)
     std = np.asarray(config.std, dtype=np.float32)
-    return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1))
+    out[...] = ((scaled - mean) / std).transpose(2, 0, 1)
+    return out
 
 
 def tta_crops(image: Image.Image, config: PreprocessConfig, sizes: Sequence[int]) -> np.ndarray:
@@ -189,11 +249,10 @@ def tta_crops(image: Image.Image, config: PreprocessConfig, sizes: Sequence[int]
     Returns float32 ``[len(sizes), C, input_size, input_size]``.
     """
     image = to_model_mode(image, config.in_chans)
-    crops = [
-        normalize(center_crop(resize_shorter_side(image, size, config.interpolation), config.input_size), config)
-        for size in sizes
-    ]
-    return np.stack(crops)
+    crops = np.empty((len(sizes), config.in_chans, config.input_size, config.input_size), np.float32)
+    for crop_out, size in zip(crops, sizes):
+        normalize(resized_crop(image, size, None, None, config.input_size, config.interpolation), config, crop_out)
+    return crops
 
 
 CropPlan = Sequence[tuple[PreprocessConfig, Sequence[int]]]
@@ -210,9 +269,15 @@ def widest_in_chans(plan: CropPlan) -> int:
     return max(config.in_chans for config, _ in plan)
 
 
+def largest_size(plan: CropPlan) -> int:
+    """The largest resize size of ``plan``: what a decode at reduced scale must still cover."""
+    return max(max(sizes) for _, sizes in plan)
+
+
 def decode_crops(data: bytes, plan: CropPlan, max_pixels: int) -> list[np.ndarray]:
-    """Bytes -> crops for each group of ``plan`` (decoded once, in the widest channel mode needed)."""
-    return crops_for_plan(decode_image(data, widest_in_chans(plan), max_pixels), plan)
+    """Bytes -> crops for each group of ``plan`` (decoded once, in the widest channel mode needed,
+    at the smallest DCT scale that covers its largest size)."""
+    return crops_for_plan(decode_image(data, widest_in_chans(plan), max_pixels, largest_size(plan)), plan)
 
 
 def random_scaled_crop(
@@ -230,11 +295,10 @@ def random_scaled_crop(
     image = to_model_mode(image, config.in_chans)
     sizes = config.tta_sizes or (config.input_size,)
     size = int(rng.integers(min(sizes), max(sizes) + 1))
-    resized = resize_shorter_side(image, size, config.interpolation)
-    width, height = resized.size
+    width, height = resized_size(image.size, size)
     left = int(rng.integers(0, width - config.input_size + 1))
     top = int(rng.integers(0, height - config.input_size + 1))
-    patch = crop(resized, left, top, config.input_size)
+    patch = resized_crop(image, size, left, top, config.input_size, config.interpolation)
     if flip and rng.random() < 0.5:
         patch = patch.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return normalize(patch, config)

@@ -13,8 +13,26 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 MiB = 1024 * 1024
 
 
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, as taskset and container cpusets set it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def default_decode_workers(cores: int) -> int:
+    """Decode workers for ``cores``: a quarter of them, at least 2 and at most 8.
+
+    Decoding a photo costs a fifth to a tenth of a model's CPU per image (docs/serving-benchmark.md,
+    photo case), so a quarter of the cores keeps up; idle workers cost nothing. At least 2, so
+    that the large-image lane (half of them) always leaves one to small images; at most 8, past
+    which one event loop feeding them is the bound, not the decoders.
+    """
+    return max(2, min(8, cores // 4))
+
+
 def _default_decode_workers() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
+    return default_decode_workers(available_cores())
 
 
 class Settings(BaseSettings):
@@ -79,6 +97,12 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(
         32, ge=1, description="Dynamic batching: most images in one onnxruntime run per member."
     )
+    inference_threads: int = Field(
+        1,
+        ge=1,
+        description="Dynamic batching: batches run at once, each on its own thread (the sessions are shared). "
+        "Above 1, give each run fewer intra-op threads (about cores / inference_threads).",
+    )
     max_queue_delay_ms: float = Field(
         2.0,
         ge=0,
@@ -93,7 +117,8 @@ class Settings(BaseSettings):
     decode_workers: int = Field(
         default_factory=_default_decode_workers,
         ge=1,
-        description="Decode worker processes (killed and replaced on timeout).",
+        description="Decode worker processes (killed and replaced on timeout); default: a quarter of the "
+        "available cores, at least 2 and at most 8.",
     )
     decode_timeout_s: float = Field(
         10.0,

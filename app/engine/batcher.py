@@ -3,9 +3,12 @@
 One background task takes the first queued request, waits at most
 ``max_queue_delay_s`` for more (up to ``max_batch_size``; not at all when the
 caller's ``arriving`` says no request is on its way), and hands the batch
-to ``process`` on a single inference thread, so the event loop stays free and
-batches run one after another; requests queue up meanwhile and form the next,
-larger batch. The queue is bounded: ``submit`` raises ``QueueFullError``
+to ``process`` on an inference thread, so the event loop stays free; with one
+thread (the default) batches run one after another, with ``threads`` > 1 up to
+that many at once (onnxruntime sessions may run concurrently: on a few cores,
+two single-threaded runs use them better than one two-threaded run, which
+waits for its slower thread at every operator). Requests queue up meanwhile
+and form the next, larger batch; batches are formed in arrival order. The queue is bounded: ``submit`` raises ``QueueFullError``
 instead of letting it grow without limit.
 """
 
@@ -67,19 +70,22 @@ class DynamicBatcher(Generic[Request, Result]):
         queue_limit: int,
         on_batch: Callable[[int], None] | None = None,
         arriving: Callable[[], int] | None = None,
+        threads: int = 1,
     ) -> None:
         """``arriving``: how many requests are on their way to ``submit`` (e.g. being decoded); when it
         is 0 and the queue is empty the batch runs at once, since waiting could not grow it."""
-        if max_batch_size < 1 or queue_limit < 1 or max_queue_delay_s < 0:
-            raise ValueError("max_batch_size and queue_limit must be >= 1 and max_queue_delay_s >= 0")
+        if max_batch_size < 1 or queue_limit < 1 or max_queue_delay_s < 0 or threads < 1:
+            raise ValueError("max_batch_size, queue_limit and threads must be >= 1 and max_queue_delay_s >= 0")
         self._process = process
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=queue_limit)
         self._on_batch = on_batch
         self._arriving = arriving
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="productrec-infer")
+        self.threads = threads
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="productrec-infer")
         self._task: asyncio.Task | None = None
+        self._running: set[asyncio.Task] = set()
 
     @property
     def queue_depth(self) -> int:
@@ -113,10 +119,16 @@ class DynamicBatcher(Generic[Request, Result]):
         return await running
 
     async def _loop(self) -> None:
+        slots = asyncio.Semaphore(self.threads)
         while True:
+            await slots.acquire()  # a thread is free before the batch forms, so it grows while all are busy
             batch = await self._collect()
-            if batch:
-                await self._run(batch)
+            if not batch:
+                slots.release()
+                continue
+            running = asyncio.get_running_loop().create_task(self._run(batch))
+            self._running.add(running)
+            running.add_done_callback(lambda task: (self._running.discard(task), slots.release()))
 
     async def _collect(self) -> list[_Pending]:
         batch = [await self._queue.get()]
@@ -165,10 +177,12 @@ class DynamicBatcher(Generic[Request, Result]):
 
     async def close(self) -> None:
         """Stop the task; requests still queued or running fail with ``BatcherClosedError``."""
-        if self._task is not None:
-            self._task.cancel()
+        for task in [self._task, *self._running]:
+            if task is None:
+                continue
+            task.cancel()
             try:
-                await self._task
+                await task
             except asyncio.CancelledError:
                 pass
         waiting = []

@@ -454,6 +454,9 @@ async def _readable(connection: Connection, timeout_s: float) -> bool:
         return False
     finally:
         loop.remove_reader(fd)
+        # uvloop (libuv's uv_poll_init) leaves a watched fd non-blocking; the pool's sends and receives
+        # block, and a job or an answer larger than the socket buffer would fail half-written otherwise.
+        os.set_blocking(fd, True)
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

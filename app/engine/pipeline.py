@@ -148,6 +148,7 @@ class Pipeline:
             settings.queue_limit,
             on_batch=self.metrics.batch_size.observe,
             arriving=lambda: self.decoding,
+            threads=settings.inference_threads,
         )
         self.batcher.start()
         log.info(

@@ -55,13 +55,15 @@ def post_images(
     request_timeout_s: float,
     on_reply: Callable[[], None] = lambda: None,
     per_request: int = 1,
+    request: Callable[[bytes], tuple[str, dict[str, str], bytes]] | None = None,
 ) -> LoadRound:
     """POSTs of ``requests`` images from ``photos`` (cycled) from ``concurrency`` threads.
 
     ``per_request`` 1: each image is one raw-body POST to /v1/predict; more: that many images per
     multipart POST to /v1/predict/batch (one ``Reply`` per image, with its request's latency).
     Each thread keeps one connection; no new request starts after ``timeout_s``. Any answer other
-    than 200 (or a batch item other than 200) stops the round and raises.
+    than 200 (or a batch item other than 200) stops the round and raises. ``request``: another
+    server's (path, headers, body) for one image, whose answer has the same ``batch_size`` and ``timings``.
     """
     lock = threading.Lock()
     issued = 0
@@ -82,9 +84,12 @@ def post_images(
                         break
                     chosen = [photos[(issued + offset) % len(photos)] for offset in range(per_request)]
                     issued += per_request
-                body = chosen[0] if per_request == 1 else batch_body(chosen)
+                if request is not None:
+                    target, fields, body = request(chosen[0])
+                else:
+                    target, fields, body = path, headers, chosen[0] if per_request == 1 else batch_body(chosen)
                 started = time.perf_counter()
-                connection.request("POST", path, body=body, headers=headers)
+                connection.request("POST", target, body=body, headers=fields)
                 response = connection.getresponse()
                 payload = response.read()
                 latency = time.perf_counter() - started

@@ -18,24 +18,23 @@ from bench import REPO
 from bench.serving.cases import CASES
 from training.fashion_mnist import load_fashion_mnist_as_shot
 
-REALISTIC_ARCHITECTURE = "resnet50"
-REALISTIC_MEMBERS = 3
-REALISTIC_CLASSES = 50_000
-REALISTIC_INPUT = 224
 REALISTIC_TTA = (256, 272, 288, 304, 320)
 BUILD_MARKER = "bench-build.json"
+# Untrained timm models exported through the real path: architecture, members, classes, input, TTA sizes.
+UNTRAINED_SPECS = {
+    "realistic": {"architecture": "resnet50", "members": 3, "classes": 50_000, "input_size": 224,
+                  "tta_sizes": list(REALISTIC_TTA)},
+    # the photo case (bench.serving.photo): one ResNet-18 on one size, and 3 of them on 5 TTA sizes
+    "photo-plain": {"architecture": "resnet18", "members": 1, "classes": 1000, "input_size": 224, "tta_sizes": [256]},
+    "photo-tta": {"architecture": "resnet18", "members": 3, "classes": 1000, "input_size": 224,
+                  "tta_sizes": list(REALISTIC_TTA)},
+}
 
 
 def _build_spec(case: str) -> dict:
     if case == "small":
         return {"script": "scripts/untrained_repository.py"}
-    return {
-        "architecture": REALISTIC_ARCHITECTURE,
-        "members": REALISTIC_MEMBERS,
-        "classes": REALISTIC_CLASSES,
-        "input_size": REALISTIC_INPUT,
-        "tta_sizes": list(REALISTIC_TTA),
-    }
+    return UNTRAINED_SPECS[case]
 
 
 def ensure_repository(case: str, cache: Path, fmnist_dir: Path) -> Path:
@@ -55,37 +54,36 @@ def ensure_repository(case: str, cache: Path, fmnist_dir: Path) -> Path:
             cwd=REPO,
         )
     else:
-        _build_realistic(repository, fmnist_dir)
+        check = product_photos(fmnist_dir, 2, CASES["realistic"].photo_size)
+        build_untrained(repository, spec, [Image.open(io.BytesIO(data)) for data in check], f"{case}-untrained")
     marker.write_text(json.dumps(spec))
     return repository
 
 
-def _build_realistic(repository: Path, fmnist_dir: Path) -> None:
-    """Three untrained ResNet-50s with a 50,000-class head, exported with the ONNX parity check."""
+def build_untrained(repository: Path, spec: dict, check_images: list[Image.Image], ensemble_name: str) -> None:
+    """``spec["members"]`` untrained timm models, exported with the ONNX parity check on ``check_images``."""
     import timm
     import torch
 
     from training.export import UNTRAINED_VERSION, export_untrained, write_default_ensemble
 
-    labels = [f"product-{index:05d}" for index in range(REALISTIC_CLASSES)]
-    names = [f"{REALISTIC_ARCHITECTURE}-{member}" for member in range(REALISTIC_MEMBERS)]
-    photos = [Image.open(io.BytesIO(data)) for data in product_photos(fmnist_dir, 2, CASES["realistic"].photo_size)]
-    for member, name in enumerate(tqdm(names, desc="export ResNet-50 x 50K classes", unit="member")):
+    architecture = spec["architecture"]
+    labels = [f"product-{index:05d}" for index in range(spec["classes"])]
+    names = [f"{architecture}-{member}" for member in range(spec["members"])]
+    for member, name in enumerate(tqdm(names, desc=f"export {architecture} x {spec['classes']} classes", unit="member")):
         torch.manual_seed(member)
-        model = timm.create_model(REALISTIC_ARCHITECTURE, pretrained=False, num_classes=REALISTIC_CLASSES)
+        model = timm.create_model(architecture, pretrained=False, num_classes=spec["classes"])
         pretrained = model.pretrained_cfg
         preprocess = PreprocessConfig(
-            input_size=REALISTIC_INPUT,
+            input_size=spec["input_size"],
             in_chans=3,
             mean=tuple(pretrained["mean"]),
             std=tuple(pretrained["std"]),
             interpolation=pretrained.get("interpolation", "bilinear"),
-            tta_sizes=REALISTIC_TTA,
+            tta_sizes=tuple(spec["tta_sizes"]),
         )
-        export_untrained(
-            model, repository, name, REALISTIC_ARCHITECTURE, preprocess, labels, photos, "python -m bench.serving"
-        )
-    write_default_ensemble(repository, [(name, UNTRAINED_VERSION) for name in names], name="realistic-untrained")
+        export_untrained(model, repository, name, architecture, preprocess, labels, check_images, "python -m bench.serving")
+    write_default_ensemble(repository, [(name, UNTRAINED_VERSION) for name in names], name=ensemble_name)
 
 
 def product_photos(fmnist_dir: Path, count: int, size: int | None) -> list[bytes]:

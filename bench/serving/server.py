@@ -42,19 +42,33 @@ class Service:
     """``productrec serve`` (or another ASGI ``command``) in a subprocess on a free loopback port, stopped on exit."""
 
     def __init__(
-        self, env: dict[str, str], log_path: Path, ready_timeout_s: float = 600, command: Sequence[str] | None = None
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        ready_timeout_s: float = 600,
+        command: Sequence[str] | None = None,
+        ready_path: str = "/readyz",
+        own_group: bool = False,
     ) -> None:
-        """``command``: the server to start, to which ``--host``, ``--port`` and ``--log-level`` are added."""
+        """``command``: the server to start, to which ``--host``, ``--port`` and ``--log-level`` are added;
+        ``ready_path``: answers 200 once it is ready (another server's, e.g. LitServe's /health);
+        ``own_group``: start it in a process group of its own, killed whole on stop (a server whose
+        children outlive it, as LitServe's do)."""
+        self.ready_path = ready_path
+        self.own_group = own_group
         command = command or _productrec_serve()
         self.port = _free_port()
         self.log_path = log_path
         self._log = log_path.open("w")
+        # This checkout's app, not whatever the environment's editable install points at (another worktree)
+        path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
         self.process = subprocess.Popen(
             [*command, "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
-            env={**os.environ, **env},
+            env={**os.environ, "PYTHONPATH": path, **env},
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
+            start_new_session=own_group,
         )
         try:
             self._wait_ready(ready_timeout_s)
@@ -73,13 +87,13 @@ class Service:
                 raise RuntimeError(f"the service exited with status {self.process.returncode}:\n{self.log_tail()}")
             try:
                 connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-                connection.request("GET", "/readyz")
+                connection.request("GET", self.ready_path)
                 response = connection.getresponse()
                 body = response.read()
                 connection.close()
                 if response.status == 200:
                     return
-                if b"still loading" not in body:
+                if self.ready_path == "/readyz" and b"still loading" not in body:
                     raise RuntimeError(f"the service is up but not ready: {body.decode()}\n{self.log_tail()}")
             except (ConnectionError, OSError):
                 pass
@@ -108,6 +122,11 @@ class Service:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.own_group:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)  # the group is the server's: its pgid is its pid
+            except ProcessLookupError:
+                pass
         self._log.close()
 
     def __enter__(self) -> "Service":
