@@ -24,6 +24,7 @@ COMMAND_GROUP = "productrec.commands"
 
 MISSING_MODULE_EXTRAS = {
     **dict.fromkeys(("torch", "timm", "torchvision", "onnx", "onnxscript", "matplotlib"), "train"),
+    **dict.fromkeys(("ray", "pyarrow"), "ray"),
     **dict.fromkeys(("fastapi", "uvicorn", "pydantic", "pydantic_settings", "multipart", "onnxruntime", "tqdm"), "serve-cpu"),
 }
 
@@ -93,13 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     module_name, function_name = args.target.split(":")
     try:
         function = getattr(importlib.import_module(module_name), function_name)
+        status = function(args)  # may import what one of its options needs (ray for score --engine ray)
     except ModuleNotFoundError as exc:
         extra = MISSING_MODULE_EXTRAS.get((exc.name or "").split(".")[0])
         if extra is None:
             raise
         parser.exit(2, f"productrec {args.command}: needs {exc.name}; install it with: pip install 'productrec[{extra}]'\n")
-    try:
-        status = function(args)
     except CommandError as exc:
         parser.exit(2, f"productrec {args.command}: error: {exc}\n")
     except KeyboardInterrupt:

@@ -115,13 +115,24 @@ def _add_score_arguments(parser: argparse.ArgumentParser) -> None:
         help="a folder of images (recursive) or a CSV with a 'path' column (and optionally 'label')",
     )
     parser.add_argument(
-        "--out", type=Path, required=True, help="results file, .csv or .jsonl; an existing one is resumed"
+        "--out",
+        type=Path,
+        required=True,
+        help="results, .csv, .jsonl or .parquet (a folder of parts; needs pyarrow); an existing one is resumed",
     )
     parser.add_argument("--top-k", type=int, default=5, help="labels per image")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True, help="multi-crop TTA")
     parser.add_argument("--batch-size", type=int, default=32, help="images per ensemble run (the max_batch_size setting)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_setting_options(parser, SCORE_SETTINGS)
+    ray = parser.add_argument_group("engine", "where the pipeline runs (ray needs productrec[ray])")
+    ray.add_argument("--engine", choices=["local", "ray"], default="local", help="this process, or a Ray Data job")
+    ray.add_argument("--ray-address", help="join this Ray cluster (auto, ray://HOST:PORT); unset: start Ray locally")
+    ray.add_argument("--ray-actors", type=int, default=1, help="inference actors, each loading the ensemble")
+    ray.add_argument("--ray-gpus-per-actor", type=float, default=0.0, help="GPUs per inference actor (runs on CUDA)")
+    ray.add_argument(
+        "--ray-cpus", type=int, help="logical CPUs of a local Ray (default: one per decode worker and inference actor)"
+    )
 
 
 SERVING_COMMANDS: list[Command] = [
@@ -135,7 +146,7 @@ SERVING_COMMANDS: list[Command] = [
     ),
     Command(
         name="score",
-        help="score a folder or manifest of images offline into CSV/JSONL",
+        help="score a folder or manifest of images offline into CSV/JSONL/Parquet, here or on Ray",
         description="The service's engine without HTTP: streams the images in chunks, records per-file errors, "
         "and resumes an existing output by skipping the files already in it.",
         add_arguments=_add_score_arguments,

@@ -9,14 +9,16 @@ by the window, plus the set of paths already in the output. Resumable: paths
 already in the output are skipped, a torn last line left by an interrupted run
 is cut off. Unreadable or undecodable files are recorded with their error
 instead of stopping the run.
+
+``--engine ray`` runs the same stages as a Ray Data pipeline instead (``app.score_ray``);
+both engines list sources, read files and write results with the functions here and in
+``app.score_output``, so their outputs have the same keys, columns and errors.
 """
 
 from __future__ import annotations
 
 import asyncio
 import csv
-import dataclasses
-import json
 import logging
 import os
 import time
@@ -33,23 +35,11 @@ from app.core.config import Settings
 from app.engine.ensemble import Ensemble
 from app.engine.metrics import ServingMetrics
 from app.engine.pipeline import ImageResult, Pipeline
+from app.score_output import Record, ResultWriter, result_record
 
 log = logging.getLogger("productrec.score")
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
-CSV_FIELDS = (
-    "path",
-    "label",
-    "prediction",
-    "index",
-    "score",
-    "votes",
-    "top_labels",
-    "top_scores",
-    "top_votes",
-    "members",
-    "error",
-)
 
 
 @dataclass(frozen=True)
@@ -95,103 +85,78 @@ def iter_sources(input_path: Path) -> Iterator[Source]:
             yield Source(row["path"], path if path.is_absolute() else input_path.parent / path, row.get("label") or "")
 
 
-class ResultWriter:
-    """Appends results to a .csv or .jsonl file and knows which paths it already holds."""
+def pending_sources(input_path: Path, done: set[str]) -> Iterator[Source]:
+    """The sources of ``input_path`` whose keys are not in ``done`` (already in the output)."""
+    return (source for source in iter_sources(input_path) if source.key not in done)
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.format = self.path.suffix.lower().lstrip(".")
-        if self.format not in ("csv", "jsonl"):
-            raise ValueError(f"{self.path}: the output must end in .csv or .jsonl")
-        self.done = self._repair_and_read_done()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fresh = not self.path.exists() or self.path.stat().st_size == 0
-        self._handle = open(self.path, "a", newline="")
-        self._csv = csv.DictWriter(self._handle, CSV_FIELDS) if self.format == "csv" else None
-        if self._csv is not None and fresh:
-            self._csv.writeheader()
 
-    def _repair_and_read_done(self) -> set[str]:
-        if not self.path.exists():
-            return set()
-        with open(self.path, "rb+") as handle:
-            data_end = handle.seek(0, os.SEEK_END)
-            if data_end:
-                handle.seek(max(0, data_end - 1))
-                if handle.read(1) != b"\n":  # an interrupted run left half a line: drop it
-                    handle.seek(0)
-                    handle.truncate(handle.read().rfind(b"\n") + 1)
-        with open(self.path, newline="") as handle:
-            if self.format == "csv":
-                return {row["path"] for row in csv.DictReader(handle)}
-            return {json.loads(line)["path"] for line in handle if line.strip()}
+def read_source(file: Path) -> bytes:
+    """The bytes of a listed file; ``UnreadableFileError`` when it cannot be read."""
+    try:
+        return Path(file).read_bytes()
+    except OSError as exc:
+        raise UnreadableFileError(f"{type(exc).__name__}: {exc}") from exc
 
-    def write(self, source: Source, result: ImageResult | None, error: dict[str, str] | None) -> None:
-        if self._csv is not None:
-            self._csv.writerow(_csv_row(source, result, error))
-        else:
-            record = {"path": source.key, "label": source.label or None, "error": error}
-            if result is not None:
-                fields = dataclasses.asdict(result)
-                record.update({name: fields[name] for name in ("labels", "members", "strategy", "tta")})
-            self._handle.write(json.dumps(record) + "\n")
-        self._handle.flush()
 
-    def close(self) -> None:
-        self._handle.close()
+class Tally:
+    """Writes records to the output, counting the scored and failed ones on a progress bar."""
 
-    def __enter__(self) -> "ResultWriter":
+    def __init__(self, writer: ResultWriter, bar: tqdm, skipped: int) -> None:
+        self.writer, self.bar, self.skipped = writer, bar, skipped
+        self.scored = self.failed = 0
+
+    @classmethod
+    def open(cls, input_path: Path, writer: ResultWriter, progress: bool) -> "Tally":
+        """A tally whose bar counts every source of ``input_path``, those already in ``writer`` as done."""
+        total = skipped = 0
+        for source in iter_sources(input_path):
+            total += 1
+            skipped += source.key in writer.done
+        return cls(writer, tqdm(total=total, initial=skipped, unit="img", desc="scoring", disable=not progress), skipped)
+
+    def write(self, record: Record) -> None:
+        self.writer.write(record)
+        failed = record["error"] is not None
+        self.failed += failed
+        self.scored += not failed
+        self.bar.set_postfix(failed=self.failed, refresh=False)
+        self.bar.update(1)
+
+    def summary(self, output: Path, started: float) -> ScoreSummary:
+        summary = ScoreSummary(self.scored, self.failed, self.skipped, time.perf_counter() - started)
+        log.info(
+            "scored %d, failed %d, skipped %d (already in %s) in %.1f s",
+            summary.scored, summary.failed, summary.skipped, output, summary.seconds,
+        )
+        return summary
+
+    def __enter__(self) -> "Tally":
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-def _csv_row(source: Source, prediction: ImageResult | None, error: dict[str, str] | None) -> dict[str, object]:
-    row: dict[str, object] = {"path": source.key, "label": source.label}
-    if error is not None:
-        row["error"] = f"{error['error']}: {error['detail']}".replace("\n", " ")
-    if prediction is not None:
-        top = prediction.labels[0]
-        row.update(
-            prediction=top.label,
-            index=top.index,
-            score=f"{top.score:.6g}",
-            votes=top.votes,
-            top_labels="|".join(label.label for label in prediction.labels),
-            top_scores="|".join(f"{label.score:.6g}" for label in prediction.labels),
-            top_votes="|".join(str(label.votes) for label in prediction.labels),
-            members="|".join(f"{member.name}:{member.label}" for member in prediction.members),
-        )
-    return row
+        self.bar.close()
 
 
 async def _score_one(pipeline: Pipeline, source: Source, top_k: int, tta: bool) -> ImageResult | BaseException:
     try:
-        data = await asyncio.to_thread(source.file.read_bytes)
-    except OSError as exc:
-        return UnreadableFileError(f"{type(exc).__name__}: {exc}")
+        data = await asyncio.to_thread(read_source, source.file)
+    except UnreadableFileError as exc:
+        return exc
     (outcome,) = await pipeline.predict([data], top_k, tta)
     return outcome
 
 
 async def _score_sources(
-    pipeline: Pipeline, sources: Iterator[Source], writer: ResultWriter, top_k: int, tta: bool, window: int, bar: tqdm
-) -> tuple[int, int]:
+    pipeline: Pipeline, sources: Iterator[Source], tally: "Tally", top_k: int, tta: bool, window: int
+) -> None:
     """Score ``sources`` with at most ``window`` images in flight, writing results in input order."""
-    scored = failed = 0
     in_flight: deque[tuple[Source, asyncio.Task]] = deque()
 
     def write_oldest() -> None:
-        nonlocal scored, failed
         source, task = in_flight.popleft()
         outcome = task.result()
         error = error_record(outcome) if isinstance(outcome, BaseException) else None
-        writer.write(source, None if error else outcome, error)
-        failed += error is not None
-        scored += error is None
-        bar.set_postfix(failed=failed, refresh=False)
-        bar.update(1)
+        tally.write(result_record(source.key, source.label, None if error else outcome, error))
 
     for source in sources:
         in_flight.append((source, asyncio.create_task(_score_one(pipeline, source, top_k, tta))))
@@ -201,13 +166,12 @@ async def _score_sources(
     while in_flight:
         await asyncio.wait([in_flight[0][1]])
         write_oldest()
-    return scored, failed
 
 
 def score(
     input_path: Path, output: Path, settings: Settings, top_k: int = 5, tta: bool = True, progress: bool = True
 ) -> ScoreSummary:
-    """Score every image of ``input_path`` into ``output`` (.csv or .jsonl), skipping those already there.
+    """Score every image of ``input_path`` into ``output`` (.csv, .jsonl or .parquet), skipping those already there.
 
     ``settings`` are the service's: repository, providers and threads, decode workers and limits, and
     ``max_batch_size`` (images per ensemble run).
@@ -216,28 +180,18 @@ def score(
     ensemble = Ensemble.from_settings(settings)
     top_k = min(top_k, ensemble.num_classes)
     window = min(2 * settings.max_batch_size, settings.queue_limit)
-    with ResultWriter(output) as writer:
-        total = skipped = 0
-        for source in iter_sources(input_path):
-            total += 1
-            skipped += source.key in writer.done
-        todo = (source for source in iter_sources(input_path) if source.key not in writer.done)
+    with ResultWriter(output) as writer, Tally.open(input_path, writer, progress) as tally:
 
-        async def run() -> tuple[int, int]:
+        async def run() -> None:
             async with Pipeline(ensemble, settings, ServingMetrics()) as pipeline:
-                with tqdm(total=total, initial=skipped, unit="img", desc="scoring", disable=not progress) as bar:
-                    return await _score_sources(pipeline, todo, writer, top_k, tta, window, bar)
+                await _score_sources(pipeline, pending_sources(input_path, writer.done), tally, top_k, tta, window)
 
-        scored, failed = asyncio.run(run())
-    summary = ScoreSummary(scored, failed, skipped, time.perf_counter() - started)
-    log.info(
-        "scored %d, failed %d, skipped %d (already in %s) in %.1f s", scored, failed, skipped, output, summary.seconds
-    )
-    return summary
+        asyncio.run(run())
+    return tally.summary(output, started)
 
 
 def score_command(args) -> int:
-    """``productrec score``: settings from the environment and the options, then ``score``."""
+    """``productrec score``: settings from the environment and the options, then the engine asked for."""
     from app.cli import CommandError
     from app.cli_commands import settings_from_args
 
@@ -246,8 +200,15 @@ def score_command(args) -> int:
     if args.top_k < 1 or args.batch_size < 1:
         raise CommandError("--top-k and --batch-size must be at least 1")
     settings = settings_from_args(args, max_batch_size=args.batch_size)
+    options = dict(top_k=args.top_k, tta=args.tta, progress=not args.no_progress)
     try:
-        summary = score(args.input, args.out, settings, top_k=args.top_k, tta=args.tta, progress=not args.no_progress)
+        if args.engine == "ray":
+            from app.score_ray import RayOptions, score_ray
+
+            ray_options = RayOptions.from_args(args)
+            summary = score_ray(args.input, args.out, settings, ray_options, **options)
+        else:
+            summary = score(args.input, args.out, settings, **options)
     except (RepositoryError, ValueError) as exc:
         raise CommandError(str(exc)) from exc
     print(

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from app.contract.ranking import crop_average_probabilities, predict_top1, rank, softmax
+from app.contract.ranking import crop_average_probabilities, predict_top1, rank, softmax, top_indices
 
 
 def members(*rows: list[float]) -> np.ndarray:
@@ -120,3 +120,13 @@ def test_fifty_thousand_classes_stay_cheap() -> None:
     rankings = rank(probs, top_k=5)
     assert time.perf_counter() - started < 2.0
     assert [ranking.indices.tolist() for ranking in rankings] == brute_force_vote(probs, 5)
+
+
+@pytest.mark.parametrize("count", [1, 5, 12])
+def test_top_indices_equal_a_stable_full_sort_ties_included(count) -> None:
+    rng = np.random.default_rng(count)
+    values = rng.integers(0, 6, size=(20, 12)).astype(np.float32)  # many ties, at the cut too
+    values[0] = 1.0  # every value tied
+    assert top_indices(values, count).tolist() == np.argsort(-values, axis=1, kind="stable")[:, :count].tolist()
+    logits = rng.normal(size=(4, 50_000)).astype(np.float32)
+    assert top_indices(logits, count).tolist() == np.argsort(-logits, axis=1, kind="stable")[:, :count].tolist()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from app.cli import main
 from app.engine.ensemble import Ensemble
 from app.contract.preprocess import decode_image
 from app.score import ResultWriter, iter_sources, score
+from app.score_output import CSV_FIELDS
 
 N_IMAGES = 10
 
@@ -82,6 +84,31 @@ def test_interrupted_output_is_resumed_without_duplicates(folder, trained_reposi
     assert (again.scored, again.failed, again.skipped) == (0, 0, len(complete))
 
 
+def test_parquet_output_has_the_csv_columns_typed_and_resumes_from_its_complete_parts(
+    folder, trained_repository, tmp_path, monkeypatch
+) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    monkeypatch.setattr("app.score_output.PARQUET_ROWS_PER_PART", 4)
+    out, csv_out = tmp_path / "results.parquet", tmp_path / "results.csv"
+    run(folder, out, trained_repository, tta=False)
+    run(folder, csv_out, trained_repository, tta=False)
+    parts = sorted(out.glob("part-*.parquet"))
+    assert len(parts) == 3  # 11 rows in parts of 4
+    complete = pq.read_table(out).to_pylist()
+    assert tuple(complete[0]) == CSV_FIELDS
+    for row, text in zip(complete, read_rows(csv_out)):
+        assert row["path"] == text["path"] and (row["error"] or "") == text["error"]
+        if row["prediction"] is not None:
+            assert "|".join(row["top_labels"]) == text["top_labels"] and f"{row['score']:.6g}" == text["score"]
+            assert isinstance(row["index"], int) and row["top_votes"] == [int(v) for v in text["top_votes"].split("|")]
+    # An interrupted run: its last part never renamed into place, a temporary file left behind.
+    parts[-1].rename(out / ".part-00002.parquet.tmp")
+    summary = run(folder, out, trained_repository, tta=False)
+    assert (summary.skipped, summary.scored + summary.failed) == (8, 3)
+    assert not list(out.glob(".*.tmp"))
+    assert pq.read_table(out).to_pylist() == complete
+
+
 def test_manifest_with_labels_and_a_missing_file(folder, trained_repository, tmp_path) -> None:
     manifest = tmp_path / "manifest.csv"
     present = sorted(folder.glob("*.png"))[:2]
@@ -102,7 +129,7 @@ def test_manifest_with_labels_and_a_missing_file(folder, trained_repository, tmp
 
 
 def test_output_format_and_manifest_columns_are_checked(tmp_path) -> None:
-    with pytest.raises(ValueError, match=r"\.csv or \.jsonl"):
+    with pytest.raises(ValueError, match=r"\.csv, \.jsonl or \.parquet"):
         ResultWriter(tmp_path / "results.txt")
     bad = tmp_path / "bad.csv"
     bad.write_text("file,label\na.png,x\n")
@@ -126,3 +153,12 @@ def test_cli_scores_and_reports_user_errors(folder, trained_repository, tmp_path
             main(argv)
         assert exit_info.value.code == 2
         assert "error" in capsys.readouterr().err
+
+
+def test_engine_ray_without_ray_names_the_extra(folder, tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails as if it were not installed
+    monkeypatch.delitem(sys.modules, "app.score_ray", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["score", str(folder), "--out", str(tmp_path / "r.csv"), "--engine", "ray", "--repository", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "pip install 'productrec[ray]'" in capsys.readouterr().err

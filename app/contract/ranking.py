@@ -74,6 +74,23 @@ def rank(member_probs: np.ndarray, top_k: int, strategy: Strategy = "vote") -> l
     return rankings
 
 
+def top_indices(values: np.ndarray, count: int) -> np.ndarray:
+    """``[B, count]``: each row's ``count`` largest values' indices, largest first, ties by the lower index.
+
+    Exactly ``np.argsort(-values, axis=1, kind="stable")[:, :count]``, but a partition and a sort of
+    the candidates per row instead of a full sort: O(K) rather than O(K log K) at 50,000 classes.
+    """
+    values = np.asarray(values)
+    n_classes = values.shape[1]
+    count = min(count, n_classes)
+    rows = []
+    for row in values:
+        threshold = np.partition(row, n_classes - count)[n_classes - count]
+        candidates = np.flatnonzero(row >= threshold)  # every value tied with the count-th largest, too
+        rows.append(candidates[np.lexsort((candidates, -row[candidates]))[:count]])
+    return np.array(rows, dtype=np.int64).reshape(len(values), count)
+
+
 def predict_top1(member_probs: np.ndarray, strategy: Strategy = "vote") -> np.ndarray:
     """The ensemble's top-1 class per image, ``[B]``."""
     return np.array([ranking.indices[0] for ranking in rank(member_probs, 1, strategy)], dtype=np.int64)

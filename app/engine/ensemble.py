@@ -230,7 +230,12 @@ class Ensemble:
         return probs, rank(probs, top_k, strategy or self.strategy)
 
 
-def _group_by_preprocessing(members: Sequence[Member], tta: bool) -> list[CropGroup]:
+def crop_plan_for(members: Sequence[LoadedMember | Member], tta: bool) -> CropPlan:
+    """The crop plan of members not loaded yet (their manifests), as ``Ensemble.crop_plan`` gives it once loaded."""
+    return [(group.config, group.sizes) for group in _group_by_preprocessing(members, tta)]
+
+
+def _group_by_preprocessing(members: Sequence[LoadedMember | Member], tta: bool) -> list[CropGroup]:
     groups: dict[tuple, list[int]] = {}
     configs: dict[tuple, PreprocessConfig] = {}
     for index, member in enumerate(members):

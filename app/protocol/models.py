@@ -15,6 +15,7 @@ import numpy as np
 
 from app.contract.errors import DomainError
 from app.contract.manifest import ENSEMBLE_VERSION
+from app.contract.ranking import top_indices
 from app.engine.pipeline import ImageResult, Pipeline
 from app.protocol.stats import Statistics
 from app.protocol.tensors import (
@@ -308,7 +309,7 @@ class MemberModel:
         outputs = []
         for spec, count in requested:
             if count:
-                order = np.argsort(-run.logits, axis=1, kind="stable")[:, :count]
+                order = top_indices(run.logits, count)
                 rows = [[(row[i], int(i), self.labels[int(i)]) for i in top] for row, top in zip(run.logits, order)]
                 tensor = _strings(rows)
             else:
