@@ -188,8 +188,8 @@ smoke_service() {  # IMAGE LABEL: start, wait for the HEALTHCHECK, predict, stop
         sleep 1
     done
     log "healthy: ${healthcheck[*]}"
-    grep -q -E "ready: .*providers \[" "$server_log" || { cat "$server_log" >&2; die "$image: the log does not name the providers in use"; }
-    log "log: $(grep -m1 -o -E "ready: .*providers \[.*" "$server_log")"
+    grep -q -E "serving ensemble .*providers \[" "$server_log" || { cat "$server_log" >&2; die "$image: the log does not name the providers in use"; }
+    log "log: $(grep -m1 -o -E "serving ensemble .*providers \[.*" "$server_log")"
     uid=$(process_named "$SERVER_PID" productrec | head -n 1 | xargs -r ps -o uid= -p | tr -d ' ')
     [ -n "$uid" ] || die "$image: cannot find the productrec process"
     [ "$uid" != "0" ] || die "$image: the service runs as root"
