@@ -28,12 +28,12 @@ class SmokeFailure(Exception):
 
 
 def write_images(out: Path, count: int, fmnist_dir: Path) -> list[Path]:
-    """PNG files of the first ``count`` Fashion-MNIST test images."""
+    """PNG files of the first ``count`` Fashion-MNIST test images, as shot (the product on white)."""
     from PIL import Image
 
-    from training.fashion_mnist import FASHION_MNIST_LABELS, load_fashion_mnist
+    from training.fashion_mnist import FASHION_MNIST_LABELS, load_fashion_mnist_as_shot
 
-    _, _, images, labels = load_fashion_mnist(fmnist_dir)
+    _, _, images, labels = load_fashion_mnist_as_shot(fmnist_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for index in range(count):

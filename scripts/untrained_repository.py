@@ -19,7 +19,7 @@ import timm
 from PIL import Image
 
 from app.contract.preprocess import PreprocessConfig
-from training.fashion_mnist import FASHION_MNIST_LABELS, FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
+from training.fashion_mnist import FASHION_MNIST_LABELS, FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist_as_shot
 from training.export import UNTRAINED_VERSION, export_untrained, write_default_ensemble
 
 PREPROCESS = PreprocessConfig(
@@ -36,7 +36,7 @@ MEMBERS: dict[str, tuple[str, dict]] = {
 
 def write_untrained_repository(out: Path, fmnist_dir: Path) -> None:
     """Export the three untrained members to ``out`` and name them in its ensemble file."""
-    _, _, test_images, _ = load_fashion_mnist(fmnist_dir)
+    _, _, test_images, _ = load_fashion_mnist_as_shot(fmnist_dir)
     check_images = [Image.fromarray(image) for image in test_images[:CHECK_IMAGES]]
     for name, (architecture, kwargs) in MEMBERS.items():
         model = timm.create_model(

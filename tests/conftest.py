@@ -8,8 +8,8 @@ Data (no torch needed):
   configuration (``SMALL_FMNIST``: n_max 48, rho 10, 40% symmetric noise, 10 validation and 10 test
   images per class); keyword arguments override any ``DataConfig`` field.
 - ``fmnist_test_images`` -> ``LabelledImages(images, labels, label_names)``: 40 official Fashion-MNIST
-  test images (the first 4 of each class) as 28x28 grayscale PNG ``bytes``, their int64 labels and
-  the 10 class names.
+  test images (the first 4 of each class) as shot (the product on white) as 28x28 grayscale PNG
+  ``bytes``, their int64 labels and the 10 class names.
 - ``image_folder`` (function scope) -> ``Path``: an ImageFolder of generated RGB PNGs (3 classes of
   distinct stripe patterns: checker, horizontal, vertical; 12 images each, sizes 20x24 and 24x20), for tests
   independent of Fashion-MNIST. ``image_folder_factory`` -> ``make(root, per_class=12, seed=0) -> Path``
@@ -92,9 +92,9 @@ def fmnist_small_config(fmnist_dir: Path) -> Callable[..., DataConfig]:
 
 @pytest.fixture(scope="session")
 def fmnist_test_images(fmnist_dir: Path) -> LabelledImages:
-    from training.fashion_mnist import FASHION_MNIST_LABELS, load_fashion_mnist
+    from training.fashion_mnist import FASHION_MNIST_LABELS, load_fashion_mnist_as_shot
 
-    _, _, images, labels = load_fashion_mnist(fmnist_dir)
+    _, _, images, labels = load_fashion_mnist_as_shot(fmnist_dir)
     chosen = np.concatenate([np.flatnonzero(labels == k)[:4] for k in range(len(FASHION_MNIST_LABELS))])
     return LabelledImages(
         images=[png_bytes(Image.fromarray(images[index])) for index in chosen],

@@ -17,7 +17,15 @@ from training.config import DEFAULT_FMNIST_DIR, DataConfig
 from training.benchmark import SIMILAR_CLASS, inject_noise, long_tail_counts
 from training.data import Splits, build_splits, main
 from training.data_report import format_histogram, plot_histogram
-from training.fashion_mnist import FASHION_MNIST_LABELS, FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
+from training.fashion_mnist import (
+    FASHION_MNIST_LABELS,
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
+    STORED_MEAN,
+    STORED_STD,
+    load_fashion_mnist,
+    load_fashion_mnist_as_shot,
+)
 from training.image_sets import ArrayImageSet, BadImageError
 
 # --------------------------------------------------------------------------- generated image files
@@ -155,13 +163,28 @@ def test_load_fashion_mnist_reads_the_installed_files() -> None:
     assert train_labels.dtype == np.int64 and test_labels.dtype == np.int64
     assert np.bincount(train_labels).tolist() == [6000] * 10
     assert np.bincount(test_labels).tolist() == [1000] * 10
-    frequency = np.bincount(train_images.ravel(), minlength=256) / train_images.size  # exact, no float copy
-    values = np.arange(256) / 255.0
-    mean = frequency @ values
-    assert mean == pytest.approx(FASHION_MNIST_MEAN, abs=1e-4)
-    assert np.sqrt(frequency @ (values - mean) ** 2) == pytest.approx(FASHION_MNIST_STD, abs=1e-4)
+    assert pixel_statistics(train_images) == pytest.approx((STORED_MEAN, STORED_STD), abs=1e-5)
     assert load_fashion_mnist(DEFAULT_FMNIST_DIR)[0] is train_images  # cached within the process
     assert not train_images.flags.writeable  # so the cache cannot be altered
+
+
+def pixel_statistics(images: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation on the 0..1 scale, exact (from the histogram, no float copy)."""
+    frequency = np.bincount(images.ravel(), minlength=256) / images.size
+    values = np.arange(256) / 255.0
+    mean = float(frequency @ values)
+    return mean, float(np.sqrt(frequency @ (values - mean) ** 2))
+
+
+def test_fashion_mnist_as_shot_is_the_product_on_white_with_its_own_statistics() -> None:
+    stored_train, labels, stored_test, _ = load_fashion_mnist(DEFAULT_FMNIST_DIR)
+    train_images, shot_labels, test_images, _ = load_fashion_mnist_as_shot(DEFAULT_FMNIST_DIR)
+    assert np.array_equal(train_images.astype(int), 255 - stored_train.astype(int)) and shot_labels is labels
+    assert np.array_equal(test_images[:100].astype(int), 255 - stored_test[:100].astype(int))
+    # The background (the border of every image) is white, the product dark.
+    assert np.median(np.concatenate([test_images[:, 0], test_images[:, -1]])) == 255
+    assert pixel_statistics(train_images) == pytest.approx((FASHION_MNIST_MEAN, FASHION_MNIST_STD), abs=1e-5)
+    assert load_fashion_mnist_as_shot(DEFAULT_FMNIST_DIR)[0] is train_images and not train_images.flags.writeable
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
@@ -233,7 +256,7 @@ def test_benchmark_validation_is_balanced_and_disjoint(benchmark: Splits) -> Non
 
 
 def test_benchmark_images_load_and_describe_themselves(benchmark: Splits) -> None:
-    train_images, *_ = load_fashion_mnist(DEFAULT_FMNIST_DIR)
+    train_images, *_ = load_fashion_mnist_as_shot(DEFAULT_FMNIST_DIR)
     index = int(benchmark.train.source_indices[7])
     image = benchmark.train.load(7)
     assert image.mode == "L" and image.size == (28, 28)

@@ -13,6 +13,8 @@ Deterministic by ``data_seed``:
    the clean labels are kept in ``ImageSet.clean_labels``.
 4. The test split is the official 10,000 test images, or the first
    ``test_per_class`` of each class in file order (the same for every seed).
+
+Every split holds the images as shot (``as_shot``: the product on white), not the stored negatives.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from training.config import BENCHMARK_VAL_PER_CLASS, FMNIST_BENCHMARK, DataConfig
-from training.fashion_mnist import FASHION_MNIST_LABELS, load_fashion_mnist
+from training.fashion_mnist import FASHION_MNIST_LABELS, load_fashion_mnist_as_shot
 from training.image_sets import ArrayImageSet
 from training.stratify import ValidationRule, rank_within_class
 
@@ -111,7 +113,7 @@ def benchmark_sets(config: DataConfig) -> tuple[ArrayImageSet, ArrayImageSet, Ar
         raise ValueError(f"--val-dataset and --test-dataset are for user data sets, not {FMNIST_BENCHMARK}")
     if val_per_class < 1:
         raise ValueError(f"{FMNIST_BENCHMARK} needs val_per_class >= 1, got {val_per_class}")
-    train_images, train_labels, test_images, test_labels = load_fashion_mnist(config.fmnist_dir)
+    train_images, train_labels, test_images, test_labels = load_fashion_mnist_as_shot(config.fmnist_dir)
     n_classes = len(FASHION_MNIST_LABELS)
     split_rng, noise_rng = (np.random.default_rng(seed) for seed in np.random.SeedSequence(config.data_seed).spawn(2))
 

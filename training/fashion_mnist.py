@@ -1,4 +1,9 @@
-"""The Fashion-MNIST idx files: reader, class names and pixel statistics."""
+"""The Fashion-MNIST idx files: reader, class names, the rendering as shot and its pixel statistics.
+
+The files store Zalando's photos with negated intensities (a light product on black);
+``as_shot`` negates them back to the product on white, as catalogue photos are shot
+and as users send them. The benchmark trains, validates and tests on that rendering.
+"""
 
 from __future__ import annotations
 
@@ -21,10 +26,13 @@ FASHION_MNIST_LABELS: tuple[str, ...] = (
     "Bag",
     "Ankle boot",
 )
-# Per-pixel mean and standard deviation (0..1 scale) of the 60,000 training images:
-# 0.28604 and 0.35302 measured; tests/test_data.py checks them against the files.
-FASHION_MNIST_MEAN: float = 0.2860
-FASHION_MNIST_STD: float = 0.3530
+# Per-pixel mean and standard deviation (0..1 scale) of the 60,000 training images as stored,
+# measured; tests/test_data.py checks them against the files.
+STORED_MEAN: float = 0.28604
+STORED_STD: float = 0.35302
+# The same statistics as shot: negation maps x to 1 - x, so the mean flips and the std is unchanged.
+FASHION_MNIST_MEAN: float = round(1.0 - STORED_MEAN, 5)
+FASHION_MNIST_STD: float = STORED_STD
 
 FASHION_MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -42,6 +50,24 @@ def load_fashion_mnist(directory: str | Path) -> tuple[np.ndarray, np.ndarray, n
     directory for the life of the process.
     """
     return _load_fashion_mnist_cached(str(Path(directory).expanduser().resolve()))
+
+
+def as_shot(images: np.ndarray) -> np.ndarray:
+    """The stored images negated back to the product on white (255 - pixel), read-only."""
+    negated = np.subtract(255, images, dtype=np.uint8)
+    negated.flags.writeable = False
+    return negated
+
+
+def load_fashion_mnist_as_shot(directory: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``load_fashion_mnist`` with the images rendered ``as_shot``: the product on white."""
+    return _load_as_shot_cached(str(Path(directory).expanduser().resolve()))
+
+
+@lru_cache(maxsize=2)
+def _load_as_shot_cached(directory: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    train_images, train_labels, test_images, test_labels = _load_fashion_mnist_cached(directory)
+    return as_shot(train_images), train_labels, as_shot(test_images), test_labels
 
 
 @lru_cache(maxsize=2)

@@ -16,7 +16,7 @@ from app.contract.manifest import ENSEMBLE_FILE
 from app.contract.preprocess import PreprocessConfig
 from bench import REPO
 from bench.serving.cases import CASES
-from training.fashion_mnist import load_fashion_mnist
+from training.fashion_mnist import load_fashion_mnist_as_shot
 
 REALISTIC_ARCHITECTURE = "resnet50"
 REALISTIC_MEMBERS = 3
@@ -89,8 +89,8 @@ def _build_realistic(repository: Path, fmnist_dir: Path) -> None:
 
 
 def product_photos(fmnist_dir: Path, count: int, size: int | None) -> list[bytes]:
-    """Fashion-MNIST test images as JPEG files: 28x28 grayscale, or upscaled to ``size`` x ``size`` RGB."""
-    _, _, test_images, _ = load_fashion_mnist(fmnist_dir)
+    """Fashion-MNIST test images as shot, as JPEG files: 28x28 grayscale, or upscaled to ``size`` x ``size`` RGB."""
+    _, _, test_images, _ = load_fashion_mnist_as_shot(fmnist_dir)
     photos = []
     for pixels in test_images[:count]:
         image = Image.fromarray(pixels)
