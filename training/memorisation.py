@@ -3,7 +3,8 @@ to track memorization"), which needs no clean labels.
 
 Before each epoch, a copy of the state (model and optimizer) takes one SGD step on a batch of training
 images with uniformly random labels S̃; ζ(t) is how much that one step lowers the loss on S̃,
-Φ̃(w_t) - Φ̃(w̃_{t+1}), as in the authors' code (the model and optimizer are restored afterwards). A
+Φ̃(w_t) - Φ̃(w̃_{t+1}), as in the authors' code (the model and optimizer are restored afterwards), but always
+at the run's initial learning rate (see ``SusceptibilityMonitor.measure``). A
 network that fits random labels readily is memorising its noisy ones; the paper reads ζ with the
 training accuracy (low ζ and high training accuracy: little memorisation). ``running_mean`` gives
 ζ averaged over the epochs so far, the smoother form the paper plots.
@@ -42,13 +43,19 @@ class SusceptibilityMonitor:
         labels = rng.integers(0, self.n_classes, len(pixels))
         return torch.stack(pixels).to(self.device), torch.from_numpy(labels).to(self.device)
 
-    def measure(self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> float:
-        """Φ̃(w_t) - Φ̃(w̃_{t+1}) (cross entropy on S̃, in training mode) for one step of ``optimizer``; the state is restored."""
+    def measure(self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, lr: float) -> float:
+        """Φ̃(w_t) - Φ̃(w̃_{t+1}) (cross entropy on S̃, in training mode) for one step of ``optimizer`` at ``lr``; the state is restored.
+
+        The step is taken at a fixed ``lr`` (the run's initial one): the loss drop of one step scales with the step
+        size, so at the schedule's current lr every lr drop would read as a drop in memorisation.
+        """
         images, labels = self.random_batch(epoch)
         model_state = copy.deepcopy(model.state_dict())
         optimizer_state = copy.deepcopy(optimizer.state_dict())
         model.train()
         try:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
             before = F.cross_entropy(model(images).float(), labels)
             before.backward()

@@ -379,7 +379,7 @@ class TrainingRun:
             group["lr"] = lr
         self.loss_fn.set_epoch(epoch, optim.epochs)
         self.train_loader.sampler.set_epoch(epoch)
-        susceptibility = self.susceptibility.measure(self.model, self.optimizer, epoch)
+        susceptibility = self.susceptibility.measure(self.model, self.optimizer, epoch, self.batch_and_lr.lr)
         result = train_one_epoch(
             self.trained_model, self.train_loader, self.loss_fn, self.optimizer, self.scaler, self.device,
             self.amp_dtype, self.skips, f"epoch {epoch + 1}/{optim.epochs}", show_progress=self.rank.is_primary,
