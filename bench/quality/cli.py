@@ -47,6 +47,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     recipe.add_argument("--val-per-class", type=int, default=30)
     recipe.add_argument("--test-per-class", type=int, default=100, help="official test images per class (0: all 1,000)")
     recipe.add_argument("--workers", type=int, default=0)
+    recipe.add_argument("--input-size", type=int, default=28, help="model input side (the GPU table: 64)")
     recipe.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False, help="random scaled crops and flips (off: memorisation shows within the budget)")
     recipe.add_argument("--train-option", dest="extra", action="append", default=[], help="an extra `productrec train` word (repeatable)")
     return parser.parse_args(argv)

@@ -71,6 +71,7 @@ class Recipe:
     test_per_class: int | None
     workers: int
     augment: bool
+    input_size: int = 28
     extra: list[str] = field(default_factory=list)
 
     def train_words(self, spec: Spec, output: Path) -> list[str]:
@@ -82,8 +83,12 @@ class Recipe:
             "--epochs", str(self.epochs), "--lr", str(self.lr), "--patience", str(self.patience), "--min-lr", str(self.min_lr),
             "--batch-size", str(self.batch_size), "--val-per-class", str(self.val_per_class), "--workers", str(self.workers),
         ]
-        if not self.augment:  # scaled crops within 28..28 and no flips: the plain image, so memorisation shows sooner
-            words += ["--tta-sizes", "28", "--no-hflip"]
+        if self.input_size != 28:
+            words += ["--input-size", str(self.input_size)]
+        if not self.augment:  # crops scaled within input..input and no flips: the plain image, so memorisation shows sooner
+            words += ["--tta-sizes", str(self.input_size), "--no-hflip"]
+        else:
+            words += ["--tta-sizes", *(str(round(self.input_size * factor)) for factor in (1, 8 / 7, 9 / 7))]  # 28/32/36 at 28 px
         if self.max_per_class:
             words += ["--max-per-class", str(self.max_per_class)]
         if self.test_per_class:
@@ -110,5 +115,5 @@ def recipe_of(args: argparse.Namespace) -> Recipe:
     """The recipe given by the command line's options."""
     return Recipe(
         args.model, list(args.model_kwargs), args.epochs, args.lr, args.patience, args.min_lr, args.batch_size,
-        args.max_per_class or None, args.val_per_class, args.test_per_class or None, args.workers, args.augment, list(args.extra),
+        args.max_per_class or None, args.val_per_class, args.test_per_class or None, args.workers, args.augment, args.input_size, list(args.extra),
     )

@@ -96,7 +96,7 @@ def render(numbers: dict[str, Any], args: argparse.Namespace, images: dict[str, 
         "",
         "## Recipe and budget",
         "",
-        recipe_text(numbers["recipe"], runs),
+        recipe_text(numbers["recipe"], runs, args.title),
         "",
         "## Test error (the table)",
         "",
@@ -144,11 +144,11 @@ def render(numbers: dict[str, Any], args: argparse.Namespace, images: dict[str, 
     return "\n".join([*out, end])
 
 
-def recipe_text(recipe: dict[str, Any], runs: dict[str, Any]) -> str:
+def recipe_text(recipe: dict[str, Any], runs: dict[str, Any], title: str) -> str:
     example = next(iter(runs.values()), None)
     train_s = [run["timing"]["train_s"] for run in runs.values()]
     lines = [
-        f"- Backbone: `{recipe['model']}` with `{' '.join(recipe['model_kwargs'])}` (quarter width), from scratch, 28×28 grey input, "
+        f"- Backbone: `{recipe['model']}` with `{' '.join(recipe['model_kwargs'])}` from scratch, {recipe['input_size']}×{recipe['input_size']} grey input, "
         f"{'random scaled crops and flips' if recipe['augment'] else 'no augmentation (the plain image: memorisation shows within the budget)'}; "
         f"`torch.set_num_threads({recipe['threads']})`.",
         f"- Schedule: SGD, momentum 0.9, weight decay 5e-4, batch {recipe['batch_size']}, lr {recipe['lr']}, ×0.1 after {recipe['patience']} "
@@ -164,6 +164,9 @@ def recipe_text(recipe: dict[str, Any], runs: dict[str, Any]) -> str:
         f"within {recipe['epochs']} epochs (the curves below). A first full-size attempt (n_max = 300) ran at ~105 s per run under that load "
         "and was restarted smaller.",
     ]
+    if title != "CPU":
+        lines[-1] = (f"- The larger version of the CPU table, run by `scripts/quality_gpu.sh` on one GPU in at most 8 minutes: "
+                     "every run of a shard in one process, the shards side by side on the GPU.")
     if train_s:
         lines.append(f"- Measured training time per run: {np.mean(train_s):.0f} s on average (min {min(train_s):.0f}, max {max(train_s):.0f}).")
     return "\n".join(lines)
