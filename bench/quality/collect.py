@@ -19,7 +19,7 @@ REQUIRED_GAIN = 0.15  # ... and must beat ce by 15% relative in both 40%-noise s
 def read_run(spec: Spec, root: Path) -> dict[str, Any] | None:
     """Everything the report needs from a finished run, or None if it is not finished."""
     run_dir = spec.run_dir(root)
-    if not is_finished(run_dir):
+    if not is_finished(run_dir) or not (run_dir / EVALUATION_FILE).is_file():  # evaluate writes evaluation.json last
         return None
     metrics = json.loads((run_dir / TEST_METRICS_FILE).read_text())
     evaluation = json.loads((run_dir / EVALUATION_FILE).read_text())

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from bench.quality.plan import BASELINE, LOSSES, MAIN, SETTINGS
+from training.loss_registry import LOSS_PRESETS, resolve_start
 
 LONG_TAIL = ("bce", "ldam-drw", "la", "vs", "cdb")
 NOISE_ROBUST = ("sce", "logitclip", "alpha", "absgd")
@@ -66,6 +67,20 @@ def discussion(numbers: dict[str, Any]) -> list[str]:
             f"- On the main setting, the long-tail methods ({', '.join(LONG_TAIL)}) average {np.mean(groups['long-tail']):.3f} and the "
             f"noise-robust ones ({', '.join(NOISE_ROBUST)}) {np.mean(groups['noise-robust']):.3f}: with 40% symmetric noise on a ρ = 100 "
             "tail, the labels the class weights and priors are computed from are themselves noisy."
+        )
+    staged = []
+    for loss, key in (("ldam-drw", "drw_epoch"), ("absgd", "absgd_epoch")):
+        group = [run for run in numbers["runs"].values() if run["loss"] == loss]
+        if group:
+            start = resolve_start(LOSS_PRESETS[loss].params[key], group[0]["epochs"])
+            early = sum(run["best_epoch"] <= start for run in group)
+            staged.append(f"{loss} {early} of {len(group)} (second stage from epoch {start + 1})")
+    if staged:
+        lines.append(
+            "- Two-stage methods against checkpoint selection: runs whose best validation epoch came before the second stage, "
+            + ", ".join(staged) + ". Such a run's tested model never saw the stage (absgd's is then plain ce's, seed for seed): "
+            "the papers' second stage starts at the first lr decay of a fixed 200-epoch schedule, where the plateau schedule here "
+            "has already decayed and the best checkpoint is often earlier."
         )
     sizes = numbers["class_sizes"]
     if sizes:
