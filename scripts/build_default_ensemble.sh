@@ -12,7 +12,7 @@ RUNS=${RUNS:-runs/default}
 EPOCHS=${EPOCHS:-5}
 # Extra `productrec train` options, e.g. CI's tiny ensemble: TRAIN_ARGS="--max-per-class 60 --test-per-class 10"
 read -r -a TRAIN_ARGS <<< "${TRAIN_ARGS:---test-per-class 300}"
-PRODUCTREC=.venv/bin/productrec
+PRODUCTREC=${PRODUCTREC:-.venv/bin/productrec}  # e.g. another checkout's venv
 QUARTER='channels=(16, 32, 64, 128)'
 
 build_member() {

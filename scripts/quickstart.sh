@@ -13,7 +13,7 @@ PORT=${PORT:-8000}
 cat <<EOT
 
 Serving the default ensemble on http://$HOST:$PORT (API docs: http://$HOST:$PORT/docs). Try:
-  curl -s -F file=@samples/1_pullover.png http://$HOST:$PORT/v1/predict
+  curl -s -F file=@samples/1_pullover.jpg http://$HOST:$PORT/v1/predict
 
 EOT
 exec .venv/bin/productrec serve --repository models --host "$HOST" --port "$PORT"

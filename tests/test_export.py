@@ -48,7 +48,11 @@ def test_train_evaluate_export_on_generated_images(folder_run: Path, tmp_path: P
     manifest = load_manifest(directory)
     preprocess = manifest.preprocess
     assert manifest.architecture == "test_resnet" and preprocess.in_chans == 3 and preprocess.input_size == 16
-    assert preprocess.tta_sizes == (16, 18, 20) and manifest.labels == ["checker", "horizontal", "vertical"]
+    assert set(preprocess.tta_sizes) <= {16, 18, 20} and manifest.labels == ["checker", "horizontal", "vertical"]
+    validation = manifest.metrics["validation"]
+    assert list(preprocess.tta_sizes) == validation["tta_sizes"] and len(validation["tta_sets"]) == 7  # chosen on validation
+    assert validation["tta_sets"]["/".join(map(str, sorted(preprocess.tta_sizes)))] == min(validation["tta_sets"].values())
+    assert manifest.calibration is not None and manifest.calibration.temperature > 0
     assert manifest.loss.name == "sce" and manifest.loss.params["alpha"] == 0.4 and manifest.loss.params["beta"] == 0.7
     assert manifest.training_command.startswith("productrec train --dataset ")
     run = load_run(folder_run)

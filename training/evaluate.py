@@ -34,6 +34,7 @@ from training.export import run_manifest
 from training.plots import plot_per_class_accuracy
 from training.runs import BEST_CHECKPOINT, TEST_METRICS_FILE, TrainedRun, load_run
 from training.train import resolve_device
+from training.validation_choice import choose_tta, score_tta_sets, validation_logits
 
 log = logging.getLogger("productrec.evaluate")
 
@@ -268,7 +269,23 @@ def evaluate_ensemble(
         report["ensemble"] = model_metrics(predictions.ensemble, labels, manifests[0].class_counts, n_classes)
     if with_memorisation:
         _add_memorisation(report, ensemble, configs, cache, batch_size)
+    _add_validation_tta(report, ensemble, configs, cache, batch_size)
     return report
+
+
+def _add_validation_tta(report: dict[str, Any], ensemble: Ensemble, configs: list[DataConfig], cache: SplitCache, batch_size: int) -> None:
+    """Each member's validation error for every set of its training's TTA sizes, and the set export ships."""
+    for member, config in zip(ensemble.members, configs):
+        manifest = member.manifest
+        candidates = tuple(manifest.train_config.get("model", {}).get("tta_sizes") or manifest.preprocess.sizes(tta=True))
+        preprocess = dataclasses.replace(manifest.preprocess, tta_sizes=candidates)
+        logits_by_size, labels = validation_logits(member.logits, cache.get(config).val, preprocess, candidates, batch_size)
+        scores = score_tta_sets(logits_by_size, labels, candidates)
+        report["members"][manifest.name]["validation_tta"] = {
+            "errors": {"/".join(map(str, score.sizes)): score.error for score in scores},
+            "best": list(choose_tta(scores, candidates[0])),
+            "served": list(manifest.preprocess.sizes(tta=True)),
+        }
 
 
 def _add_memorisation(report: dict[str, Any], ensemble: Ensemble, configs: list[DataConfig], cache: SplitCache, batch_size: int) -> None:
@@ -340,6 +357,11 @@ def format_report(report: dict[str, Any]) -> str:
     lines += ["  ".join(cell.ljust(width) if column == 0 else cell.rjust(width) for column, (cell, width) in enumerate(zip(row, widths))) for row in table]
     if report["skipped"]:
         lines.append(f"{len(report['skipped'])} unreadable test image(s) skipped")
+    for name, metrics in report["members"].items():
+        if "validation_tta" in metrics:
+            choice = metrics["validation_tta"]
+            lines.append(f"{name}: validation top-1 error of each TTA set (best {choice['best']}, served {choice['served']}):")
+            lines.append("\n".join(f"  {sizes:<12} {error:.4f}" for sizes, error in choice["errors"].items()))
     return "\n".join(lines)
 
 

@@ -2,7 +2,8 @@
 
 ``productrec export RUN_DIR`` writes ``<repository>/<name>/<version>/{model.onnx,manifest.json}``
 from the run's best.pt after checking the ONNX logits against PyTorch's on real
-test images preprocessed by ``app.contract.preprocess.tta_crops``.
+test images preprocessed by ``app.contract.preprocess.tta_crops``. On the validation
+split it chooses the TTA sizes to ship and fits the calibration (``training.validation_choice``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -38,9 +39,10 @@ from app.contract.manifest import (
 )
 from app.contract.preprocess import PreprocessConfig, tta_crops
 from training.config import ConfigError, user_errors
-from training.data import build_splits
+from training.data import Splits, build_splits
 from training.image_sets import BadImageError
 from training.runs import TrainedRun, load_run
+from training.validation_choice import choose_on_validation, format_scores
 
 log = logging.getLogger("productrec.export")
 
@@ -177,9 +179,33 @@ def run_manifest(run: TrainedRun, name: str, version: str) -> ModelManifest:
     )
 
 
-def parity_batch(run: TrainedRun, n_images: int) -> np.ndarray:
+def torch_logits(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    """``model`` as a NumPy function of ``[N, C, H, W]`` crops (CPU, float32)."""
+    model = model.cpu().float().eval()
+
+    def logits(crops: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(np.ascontiguousarray(crops, np.float32))).float().numpy()
+
+    return logits
+
+
+def chosen_on_validation(run: TrainedRun, manifest: ModelManifest, splits: Splits) -> ModelManifest:
+    """``manifest`` with the TTA sizes chosen on the validation split and its calibration record."""
+    choice = choose_on_validation(torch_logits(run.model), splits.val, manifest.preprocess)
+    log.info("validation error of each TTA set (%d images):\n%s", choice.calibration.validation_images, format_scores(choice.scores, choice.tta_sizes))
+    validation = {"tta_sets": {"/".join(map(str, score.sizes)): score.error for score in choice.scores}, "tta_sizes": list(choice.tta_sizes)}
+    return replace(
+        manifest,
+        preprocess=replace(manifest.preprocess, tta_sizes=choice.tta_sizes),
+        calibration=choice.calibration,
+        metrics={**manifest.metrics, "validation": validation},
+    )
+
+
+def parity_batch(run: TrainedRun, n_images: int, splits: Splits | None = None) -> np.ndarray:
     """Every TTA crop of ``n_images`` real images spread over the test split (validation if there is none)."""
-    splits = build_splits(run.config.data)
+    splits = splits or build_splits(run.config.data)
     images = splits.test if splits.test is not None else splits.val
     preprocess = run.preprocess
     crops = []
@@ -235,8 +261,9 @@ def export_run(
     target = member_dir(repository, name, version)
     if (target / MANIFEST_FILE).exists() or (target / MODEL_FILE).exists():
         raise ConfigError(f"{target} already exists; choose another --version")
-    manifest = run_manifest(run, name, version)
-    final, _ = export_to_repository(run.model, manifest, Path(repository), parity_batch(run, check_images))
+    splits = build_splits(run.config.data)
+    manifest = chosen_on_validation(run, run_manifest(run, name, version), splits)
+    final, _ = export_to_repository(run.model, manifest, Path(repository), parity_batch(run, check_images, splits))
     if ensemble:
         add_to_ensemble(Path(repository), final)
     return final
@@ -254,7 +281,11 @@ def main(args: argparse.Namespace) -> int:
     target = member_dir(Path(args.repository), manifest.name, manifest.version)
     print(f"exported {args.run_dir} -> {target}")
     print(f"  ONNX parity: max |logit difference| = {manifest.metrics['onnx_max_abs_logit_diff']:.2e} (limit {MAX_LOGIT_DIFF:.0e})")
-    print(f"  sha256 {manifest.sha256}, opset {manifest.opset}, {manifest.num_classes} classes, TTA sizes {list(manifest.preprocess.sizes(tta=True))}")
+    print(f"  sha256 {manifest.sha256}, opset {manifest.opset}, {manifest.num_classes} classes")
+    print(f"  TTA sizes chosen on validation: {list(manifest.preprocess.sizes(tta=True))}")
+    calibration = manifest.calibration
+    if calibration is not None:
+        print(f"  temperature {calibration.temperature:.3f}: validation ECE {calibration.ece_before:.4f} -> {calibration.ece_after:.4f}")
     if args.ensemble_member:
         print(f"  added to {Path(args.repository) / ENSEMBLE_FILE}")
     return 0

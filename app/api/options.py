@@ -1,4 +1,4 @@
-"""The request options ``top_k`` and ``tta`` as multipart fields (the query has FastAPI's own parsing)."""
+"""The request options ``top_k``, ``tta`` and ``average_k`` as multipart fields (the query has FastAPI's own parsing)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ def _json_boolean(value: Any) -> Any:
 OPTION_TYPES: dict[str, TypeAdapter[Any]] = {
     "top_k": TypeAdapter(Annotated[int, Field(ge=1)]),
     "tta": TypeAdapter(Annotated[bool, Strict(), BeforeValidator(_json_boolean)]),
+    "average_k": TypeAdapter(Annotated[int, Field(ge=1)]),
 }
 
 

@@ -6,7 +6,7 @@ Results are validated from the pipeline's domain dataclasses (``app.engine.pipel
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, get_type_hints
+from typing import Any, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, create_model
 
@@ -83,6 +83,7 @@ class Prediction(BaseModel):
                     ],
                     "ensemble": "default",
                     "strategy": "vote",
+                    "mode": "top_k",
                     "tta": True,
                     "batch_size": 4,
                     "timings": {"decode_ms": 1.2, "queue_ms": 2.1, "inference_ms": 6.5, "total_ms": 10.4},
@@ -91,10 +92,17 @@ class Prediction(BaseModel):
         }
     )
 
-    labels: list[LabelScore] = Field(description="Top-k labels, best first (votes, then mean probability).")
+    labels: list[LabelScore] = Field(
+        description="Top-k labels, or the average-k label set (mode average_k), best first (votes, then mean probability)."
+    )
     members: list[MemberTop1] = Field(description="Each member's top-1, with the member's version.")
     ensemble: str = Field(description="Name of the ensemble in ensemble.json.")
     strategy: str = Field(description="How members were combined: vote or mean.")
+    mode: Literal["top_k", "average_k"] = Field(
+        description="top_k: the k best labels. average_k: the labels whose mean (calibrated) probability is at or above "
+        "the threshold fitted on validation for an average set size of k; a set holds at least the top-1 and its size "
+        "varies per image."
+    )
     tta: bool = Field(description="Whether multi-crop TTA was used.")
     batch_size: int = Field(description="Images in the dynamic batch this image ran in.")
     timings: Timings

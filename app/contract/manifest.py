@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.contract.calibration import Calibration
 from app.contract.ranking import STRATEGIES
 from app.contract.preprocess import PreprocessConfig
 
@@ -29,7 +30,9 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 ENSEMBLE_VERSION = "1"  # ensemble.json has no versions: served as Triton serves a single-version model
 LATEST = "latest"  # an ensemble member's version that means its highest numeric version
-FORMAT_VERSION = 2  # 2: preprocessing and the loss nested; 1 (read, never written): flat fields
+# 3: a nested calibration record; 2 (read): preprocessing and the loss nested; 1 (read): flat fields
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, FORMAT_VERSION)
 
 
 class RepositoryError(RuntimeError):
@@ -64,11 +67,17 @@ class ModelManifest:
     data_fingerprint: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     train_config: dict[str, Any] = field(default_factory=dict)
+    calibration: Calibration | None = None  # None: uncalibrated (format 1 and 2, or an untrained member)
     format_version: int = FORMAT_VERSION
 
     @property
     def num_classes(self) -> int:
         return len(self.labels)
+
+    @property
+    def temperature(self) -> float:
+        """What the service divides the logits by before the softmax (1 when uncalibrated)."""
+        return self.calibration.temperature if self.calibration else 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -76,10 +85,11 @@ class ModelManifest:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelManifest":
         version = data.get("format_version", 1)
+        if version not in READABLE_VERSIONS:
+            raise ValueError(f"format_version {version} is not one this productrec reads {READABLE_VERSIONS}")
         if version == 1:
             data = _upgrade_v1(data)
-        elif version != FORMAT_VERSION:
-            raise ValueError(f"format_version {version} is not one this productrec reads (1, {FORMAT_VERSION})")
+        data = {**data, "format_version": FORMAT_VERSION}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -87,6 +97,8 @@ class ModelManifest:
         values = dict(data)
         values["preprocess"] = PreprocessConfig.from_dict(values["preprocess"])  # validates sizes, channels, mean/std
         values["loss"] = LossSpec(**values["loss"])
+        if values.get("calibration") is not None:
+            values["calibration"] = Calibration.from_dict(values["calibration"])
         manifest = cls(**values)
         if len(manifest.class_counts) not in (0, manifest.num_classes):
             raise ValueError("class_counts and labels differ in length")
@@ -99,7 +111,6 @@ def _upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
     values["preprocess"] = {f.name: values.pop(f.name) for f in dataclasses.fields(PreprocessConfig) if f.name in values}
     loss = dict(values["loss"])
     values["loss"] = {"name": loss.pop("name"), "params": loss}
-    values["format_version"] = FORMAT_VERSION
     return values
 
 

@@ -23,14 +23,15 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     return shifted
 
 
-def crop_average_probabilities(logits: np.ndarray, n_crops: int) -> np.ndarray:
+def crop_average_probabilities(logits: np.ndarray, n_crops: int, temperature: float = 1.0) -> np.ndarray:
     """``[B * n_crops, K]`` logits (crops of one image adjacent) -> ``[B, K]`` probabilities.
 
     The logits are averaged over the crops before the softmax, as the paper
-    averages the features extracted at each scale.
+    averages the features extracted at each scale, and divided by the member's
+    calibrated ``temperature`` (which never changes the member's own ranking).
     """
     batch = logits.shape[0] // n_crops
-    return softmax(logits.reshape(batch, n_crops, -1).mean(axis=1))
+    return softmax(logits.reshape(batch, n_crops, -1).mean(axis=1) / np.float32(temperature))
 
 
 @dataclass(frozen=True)

@@ -167,6 +167,20 @@ class Ensemble:
     def num_classes(self) -> int:
         return len(self.labels)
 
+    @property
+    def max_average_k(self) -> int:
+        """The largest k every member has an average-k threshold for (0: some member has none)."""
+        return min(len(m.manifest.calibration.average_k_thresholds) if m.manifest.calibration else 0 for m in self.members)
+
+    def label_set_threshold(self, k: int) -> float:
+        """The threshold on the members' mean probability for average set size ``k``: the mean of the members' own.
+
+        Exact for one member; for several it is the members' consensus, measured by ``bench.photos``.
+        """
+        if not 1 <= k <= self.max_average_k:
+            raise ValueError(f"average_k must be between 1 and {self.max_average_k}, got {k}")
+        return float(np.mean([m.manifest.calibration.threshold(k) for m in self.members]))  # type: ignore[union-attr]
+
     def warm_up(self) -> None:
         """One run of every member on blank crops of every TTA size (sessions allocate on their first run)."""
         blank = [np.zeros((len(group.sizes), group.config.in_chans, group.config.input_size, group.config.input_size), np.float32) for group in self.crop_groups(True)]
@@ -190,7 +204,7 @@ class Ensemble:
         tta: bool,
         timings: dict[str, float] | None = None,
     ) -> np.ndarray:
-        """``[M, B, K]`` probabilities: one model run per member over all images x crops.
+        """``[M, B, K]`` probabilities: one model run per member over all images x crops, at its calibrated temperature.
 
         When ``timings`` is given, it receives each member's run time in seconds, by member name.
         """
@@ -202,7 +216,7 @@ class Ensemble:
                 member = self.members[member_index]
                 started = time.perf_counter()
                 logits = member.logits(batch)
-                probs[member_index] = crop_average_probabilities(logits, len(group.sizes))
+                probs[member_index] = crop_average_probabilities(logits, len(group.sizes), member.manifest.temperature)
                 if timings is not None:
                     timings[member.manifest.name] = time.perf_counter() - started
         return probs

@@ -24,6 +24,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from app.contract.calibration import label_set_sizes
 from app.contract.errors import DomainError
 from app.contract.ranking import Ranking, Strategy, rank
 from app.core.config import Settings
@@ -72,6 +73,10 @@ class Timings:
     total_ms: float
 
 
+TOP_K, AVERAGE_K = "top_k", "average_k"
+"""The label-set modes: the k best labels, or the labels above the threshold fitted for average size k."""
+
+
 @dataclass(frozen=True)
 class ImageResult:
     """The ensemble's answer for one image."""
@@ -84,6 +89,7 @@ class ImageResult:
     batch_size: int
     timings: Timings
     probabilities: np.ndarray = field(repr=False, compare=False)  # [K] float32: the members' mean
+    mode: str = TOP_K
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,7 @@ class InferenceRequest:
     crops: list[np.ndarray]
     tta: bool
     top_k: int
+    average_k: int | None = None  # set: the average-k label set instead of the top_k labels
 
 
 @dataclass(frozen=True)
@@ -186,12 +193,17 @@ class Pipeline:
             self.in_flight -= count
             self.metrics.in_flight.dec(count)
 
-    async def predict(self, images: Sequence[bytes], top_k: int, tta: bool) -> list[ImageResult | BaseException]:
-        """One outcome per image, in order: its result, or the exception that refused it."""
+    async def predict(
+        self, images: Sequence[bytes], top_k: int, tta: bool, average_k: int | None = None
+    ) -> list[ImageResult | BaseException]:
+        """One outcome per image, in order: its result, or the exception that refused it.
+
+        With ``average_k`` each image gets its average-k label set (``Ensemble.label_set_threshold``) instead of the top_k labels.
+        """
         started = time.perf_counter()
         with self._admitted(len(images)):
             return await asyncio.gather(
-                *(self._predict_one(data, top_k, tta, started) for data in images), return_exceptions=True
+                *(self._predict_one(data, top_k, tta, started, average_k) for data in images), return_exceptions=True
             )
 
     async def member_logits(self, index: int, inputs: np.ndarray) -> MemberLogits:
@@ -213,7 +225,7 @@ class Pipeline:
         self.metrics.member_inference.labels(member=member.manifest.name).observe(run_s)
         return MemberLogits(logits, began - submitted, run_s)
 
-    async def _predict_one(self, data: bytes, top_k: int, tta: bool, started: float) -> ImageResult:
+    async def _predict_one(self, data: bytes, top_k: int, tta: bool, started: float, average_k: int | None) -> ImageResult:
         assert self.pool is not None and self.batcher is not None, "start() the pipeline first"
         self.decoding += 1
         try:
@@ -224,7 +236,7 @@ class Pipeline:
         finally:
             self.decoding -= 1
         self.metrics.decode.observe(decoded.seconds)
-        batched = await self.batcher.submit(InferenceRequest(decoded.crops, tta, top_k))
+        batched = await self.batcher.submit(InferenceRequest(decoded.crops, tta, top_k, average_k))
         self.metrics.queue_wait.observe(batched.queue_wait_s)
         self.metrics.images.labels(tta=str(tta).lower()).inc()
         timings = Timings(
@@ -233,7 +245,7 @@ class Pipeline:
             inference_ms=batched.run_s * 1000,
             total_ms=(time.perf_counter() - started) * 1000,
         )
-        return self.result(batched.result, tta, batched.batch_size, timings)
+        return self.result(batched.result, tta, batched.batch_size, timings, AVERAGE_K if average_k else TOP_K)
 
     def infer(self, requests: list[InferenceRequest]) -> list[InferenceResult]:
         """predict + rank + unbatch, on the inference thread: one member run per TTA setting in the batch."""
@@ -249,13 +261,20 @@ class Pipeline:
                 self.metrics.member_inference.labels(member=member).observe(seconds)
             by_top_k: dict[int, list[int]] = defaultdict(list)
             for position, index in enumerate(indices):
-                by_top_k[requests[index].top_k].append(position)
+                by_top_k[self._set_size(requests[index], probs[:, position])].append(position)
             for top_k, positions in by_top_k.items():
                 for position, ranking in zip(positions, rank(probs[:, positions], top_k, self.strategy)):
                     results[indices[position]] = InferenceResult(probs[:, position], ranking)
         return results  # type: ignore[return-value]
 
-    def result(self, inference: InferenceResult, tta: bool, batch_size: int, timings: Timings) -> ImageResult:
+    def _set_size(self, request: InferenceRequest, member_probs: np.ndarray) -> int:
+        """How many labels the image gets: top_k, or the size of its average-k set."""
+        if request.average_k is None:
+            return request.top_k
+        threshold = self.ensemble.label_set_threshold(request.average_k)
+        return int(label_set_sizes(member_probs.mean(axis=0)[None], threshold)[0])
+
+    def result(self, inference: InferenceResult, tta: bool, batch_size: int, timings: Timings, mode: str = TOP_K) -> ImageResult:
         """Top-k labels with scores and votes, plus each member's top-1."""
         labels = self.ensemble.labels
         ranking = inference.ranking
@@ -276,4 +295,5 @@ class Pipeline:
             batch_size=batch_size,
             timings=timings,
             probabilities=inference.member_probs.mean(axis=0),
+            mode=mode,
         )
