@@ -18,7 +18,7 @@ from app.contract.manifest import ENSEMBLE_FILE, INPUT_NAME, OUTPUT_NAME, read_r
 from app.contract.preprocess import tta_crops
 from training.config import ConfigError, DataConfig
 from training.data import build_splits
-from training.evaluate import load_runs_ensemble
+from training.evaluate import TorchMember, load_runs_ensemble
 from training.export import ExportParityError, MAX_LOGIT_DIFF, export_run, export_to_repository, run_manifest
 from training.runs import TEST_METRICS_FILE, load_run
 from training.train import train
@@ -74,7 +74,9 @@ def test_train_evaluate_export_on_generated_images(folder_run: Path, tmp_path: P
     splits = build_splits(run.config.data)
     images = [splits.test.load(index) for index in range(len(splits.test))]
     onnx_probs, _ = Ensemble.load(repository, "cpu").predict(images, tta=True)
-    torch_ensemble, _ = load_runs_ensemble([folder_run], "cpu")
+    runs_ensemble, _ = load_runs_ensemble([folder_run], "cpu")
+    (member,) = runs_ensemble.members  # with the exported manifest: its calibration and the TTA sizes chosen on validation
+    torch_ensemble = Ensemble(runs_ensemble.spec, [TorchMember(manifest, member.model, member.device)])
     torch_probs, _ = torch_ensemble.predict(images, tta=True)
     assert np.abs(onnx_probs - torch_probs).max() < 1e-4
     assert json.loads((repository / ENSEMBLE_FILE).read_text())["members"] == [{"name": "stripes", "version": "1"}]
