@@ -95,15 +95,32 @@ class LossConfig:
         default="bsce",
         metadata={"help": "; ".join(f"{p.name}: {p.summary}" for p in LOSS_PRESETS.values()), "choices": list(LOSS_PRESETS)},
     )
-    alpha: float = field(default=SYMMETRIC["alpha"], metadata={"help": "weight α of the (balanced) CE term in sce/bsce"})
-    beta: float = field(default=SYMMETRIC["beta"], metadata={"help": "weight β of the RCE term in sce/bsce"})
+    alpha: float = field(default=SYMMETRIC["alpha"], metadata={"help": "weight α of the (balanced) CE term of the losses with an RCE term"})
+    beta: float = field(default=SYMMETRIC["beta"], metadata={"help": "weight β of the RCE term"})
     log_zero: float = field(default=SYMMETRIC["log_zero"], metadata={"help": "A = log 0 of the one-hot label in RCE (reference code: ln 1e-4; SCE paper: -4)"})
-    drw_epoch: int | None = field(default=None, metadata={"help": "defer the class weights of bce/bsce until this epoch (LDAM-DRW); off by default"})
+    drw_epoch: int | None = field(
+        default=None,
+        metadata={"help": "defer the class weights until this (0-based) epoch (DRW); default: the preset's (ldam-drw: the last fifth, else off)"},
+    )
+    loss_params: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "the preset's other parameters as KEY=VALUE (a deferral: an epoch, a share in (0, 1) of --epochs, or None); "
+            "the presets' defaults: " + "; ".join(f"{p.name}: {p.defaults_text()}" for p in LOSS_PRESETS.values())
+        },
+    )
 
     def spec(self) -> LossSpec:
-        """The parameters the chosen loss takes, from these options (the manifest's record; what training builds)."""
+        """The parameters the chosen loss takes, from these options (the manifest's record; what training builds).
+
+        --alpha/--beta/--log-zero/--drw-epoch apply where the preset takes them; --drw-epoch only when given
+        (its default leaves the preset's), and --loss-params over both.
+        """
         preset = loss_preset(self.loss)
-        return preset.spec(**{name: getattr(self, name) for name in preset.params})
+        given = {name: getattr(self, name) for name in ("alpha", "beta", "log_zero") if name in preset.params}
+        if self.drw_epoch is not None and "drw_epoch" in preset.params:
+            given["drw_epoch"] = self.drw_epoch
+        return preset.spec(**{**given, **self.loss_params})
 
 
 @dataclass
@@ -197,6 +214,8 @@ class TrainConfig:
             (0 < optim.min_lr <= optim.lr, "--min-lr must be in (0, --lr]"),
             (self.loss.alpha >= 0 and self.loss.beta >= 0, "--alpha and --beta must be >= 0"),
             (self.loss.log_zero < 0, "--log-zero (A = log 0) must be < 0"),
+            (set(self.loss.loss_params) <= set(loss_preset(self.loss.loss).params),
+             f"--loss-params: {self.loss.loss} takes {loss_preset(self.loss.loss).defaults_text()}, not {sorted(set(self.loss.loss_params) - set(loss_preset(self.loss.loss).params))}"),
             (self.run.workers >= 0, "--workers must be >= 0"),
             (self.distributed.nproc_per_node >= 1, "--nproc-per-node must be >= 1"),
             (0 <= self.data.noise_rate < 1, "--noise-rate must be in [0, 1)"),

@@ -8,18 +8,27 @@ from typing import Any, Sequence
 import numpy as np
 from matplotlib.figure import Figure  # a Figure renders with Agg; pyplot's global state is not needed
 
+from training.memorisation import running_mean
+
 
 def plot_curves(records: Sequence[dict[str, Any]], path: Path) -> None:
-    """Training loss, train/validation top-1 error and learning rate per epoch."""
+    """Training loss, train/validation top-1 error, susceptibility ζ (the memorisation monitor) and learning rate per epoch."""
     epochs = [record["epoch"] for record in records]
-    figure = Figure(figsize=(12, 3.6), layout="constrained")
-    loss_axes, error_axes, lr_axes = figure.subplots(1, 3)
+    figure = Figure(figsize=(16, 3.6), layout="constrained")
+    loss_axes, error_axes, memorisation_axes, lr_axes = figure.subplots(1, 4)
     loss_axes.plot(epochs, [record["train_loss"] for record in records], marker="o")
     loss_axes.set(title="training loss", xlabel="epoch")
     error_axes.plot(epochs, [record["train_error"] for record in records], marker="o", label="train (noisy labels)")
     error_axes.plot(epochs, [record["val_error"] for record in records], marker="o", label="validation")
     error_axes.set(title="top-1 error", xlabel="epoch", ylim=(0, 1))
     error_axes.legend()
+    monitored = [record for record in records if record.get("susceptibility") is not None]
+    if monitored:
+        values = [record["susceptibility"] for record in monitored]
+        memorisation_axes.plot([record["epoch"] for record in monitored], values, marker="o", label="ζ(t)")
+        memorisation_axes.plot([record["epoch"] for record in monitored], running_mean(values), label="mean so far")
+        memorisation_axes.legend()
+    memorisation_axes.set(title="susceptibility ζ: random-label loss drop", xlabel="epoch")
     lr_axes.plot(epochs, [record["lr"] for record in records], marker="o", drawstyle="steps-post")
     lr_axes.set(title="learning rate", xlabel="epoch", yscale="log")
     _save(figure, path)

@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import random
 import shlex
 import time
@@ -52,9 +51,11 @@ from training.distributed import (
 )
 from training.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from training.loaders import SkipLog, TorchImageSet, make_loader
-from training.losses import SymmetricCrossEntropy, create_loss
+from training.losses import ComposedLoss, create_loss
+from training.memorisation import SusceptibilityMonitor
 from training.models import check_model_config, create_model, model_normalization
 from training.plots import plot_curves
+from training.schedule import PlateauSchedule
 from training.runs import (
     BEST_CHECKPOINT,
     CONFIG_FILE,
@@ -70,46 +71,6 @@ from training.runs import (
 log = logging.getLogger("productrec.train")
 
 PLOT_INTERVAL_S = 60  # curves.png is redrawn at most this often while training, and at the end
-
-
-# --------------------------------------------------------------------------- schedule
-
-
-@dataclass
-class PlateauSchedule:
-    """lr × ``factor`` after ``patience`` epochs without a lower validation error; finished below ``min_lr``."""
-
-    lr: float
-    patience: int
-    min_lr: float
-    factor: float = 0.1
-    best: float = math.inf
-    epochs_without_improvement: int = 0
-
-    @property
-    def finished(self) -> bool:
-        # The relative tolerance keeps 0.01 × 0.1 × 0.1 (= 1.0000000000000002e-4) from missing min_lr = 1e-4.
-        return self.lr < self.min_lr * (1 - 1e-9)
-
-    def step(self, val_error: float) -> bool:
-        """Record one epoch's validation error; True when it is a new best."""
-        if val_error < self.best:
-            self.best = val_error
-            self.epochs_without_improvement = 0
-            return True
-        self.epochs_without_improvement += 1
-        if self.epochs_without_improvement >= self.patience:
-            self.lr *= self.factor
-            self.epochs_without_improvement = 0
-            log.info("validation error has not improved for %d epochs: lr -> %.2e", self.patience, self.lr)
-        return False
-
-    def state_dict(self) -> dict[str, float]:
-        return dataclasses.asdict(self)
-
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
 
 
 # --------------------------------------------------------------------------- device and RNG
@@ -169,20 +130,27 @@ class EpochResult:
 
 @dataclass(frozen=True)
 class ErrorCount:
-    """Top-1 mistakes among the images seen, summed over the ranks."""
+    """Top-1 mistakes among the images seen, summed over the ranks; per class when counted."""
 
     wrong: int
     seen: int
+    class_correct: tuple[int, ...] = ()
+    class_seen: tuple[int, ...] = ()
 
     @property
     def error(self) -> float:
         return self.wrong / self.seen
 
+    @property
+    def class_accuracy(self) -> list[float]:
+        """Accuracy of each class (0 for a class with no image)."""
+        return [correct / seen if seen else 0.0 for correct, seen in zip(self.class_correct, self.class_seen)]
+
 
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
-    loss_fn: SymmetricCrossEntropy,
+    loss_fn: ComposedLoss,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     device: torch.device,
@@ -222,22 +190,29 @@ def train_one_epoch(
 
 
 @torch.inference_mode()
-def top1_error(model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype: torch.dtype | None, skips: SkipLog) -> ErrorCount:
-    """Top-1 mistakes of ``model`` over ``loader``, summed over the ranks' shards (unreadable images are left out)."""
+def top1_error(
+    model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype: torch.dtype | None, skips: SkipLog, n_classes: int = 0
+) -> ErrorCount:
+    """Top-1 mistakes of ``model`` over ``loader`` (per class for ``n_classes`` > 0), summed over the ranks' shards (unreadable images are left out)."""
     model.eval()
     wrong, seen = 0, 0
+    class_correct, class_seen = np.zeros(n_classes, np.int64), np.zeros(n_classes, np.int64)
     for batch in loader:
         skips.add(batch.skipped)
         if batch.images is None:
             continue
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = model(batch.images.to(device, non_blocking=True))
-        wrong += int((logits.argmax(dim=1).cpu() != batch.labels).sum())
+        right = logits.argmax(dim=1).cpu() == batch.labels
+        wrong += int((~right).sum())
         seen += len(batch.labels)
-    wrong, seen = sum_over_ranks([wrong, seen], device)
-    if seen == 0:
+        if n_classes:
+            class_correct += np.bincount(batch.labels[right].numpy(), minlength=n_classes)
+            class_seen += np.bincount(batch.labels.numpy(), minlength=n_classes)
+    totals = [int(value) for value in sum_over_ranks([wrong, seen, *class_correct, *class_seen], device)]
+    if totals[1] == 0:
         raise RuntimeError("no readable validation image")
-    return ErrorCount(int(wrong), int(seen))
+    return ErrorCount(totals[0], totals[1], tuple(totals[2 : 2 + n_classes]), tuple(totals[2 + n_classes :]))
 
 
 # --------------------------------------------------------------------------- the run
@@ -346,6 +321,8 @@ class TrainingRun:
         batch_size = self.config.optim.batch_size
         self.train_loader = make_loader(train_set, batch_size, run.workers, run.seed, True, pin, rank.rank, rank.world_size)
         self.val_loader = make_loader(val_set, batch_size * 2, run.workers, run.seed, False, pin, rank.rank, rank.world_size)
+        held_in = TorchImageSet(self.splits.train, self.preprocess, augment=False)
+        self.susceptibility = SusceptibilityMonitor(held_in, len(self.splits.label_names), batch_size, run.seed, self.device)
 
     def _resume(self, checkpoint: dict[str, Any]) -> None:
         for key, expected in (("architecture", self.config.model.model), ("data_fingerprint", self.splits.fingerprint)):
@@ -359,6 +336,7 @@ class TrainingRun:
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.schedule.load_state_dict(checkpoint["schedule"])
+        self.loss_fn.load_state_dict(checkpoint.get("loss", self.loss_fn.state_dict()))  # CDB-W's weights
         # The learning rate and the plateau state continue; patience and min_lr are the options given now.
         self.schedule.patience, self.schedule.min_lr = self.config.optim.patience, self.batch_and_lr.min_lr
         self.start_epoch, self.best_epoch = int(checkpoint["epoch"]), int(checkpoint["best_epoch"])
@@ -399,14 +377,17 @@ class TrainingRun:
         lr = self.schedule.lr
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.loss_fn.set_epoch(epoch)
+        self.loss_fn.set_epoch(epoch, optim.epochs)
         self.train_loader.sampler.set_epoch(epoch)
+        susceptibility = self.susceptibility.measure(self.model, self.optimizer, epoch, self.batch_and_lr.lr)
         result = train_one_epoch(
             self.trained_model, self.train_loader, self.loss_fn, self.optimizer, self.scaler, self.device,
             self.amp_dtype, self.skips, f"epoch {epoch + 1}/{optim.epochs}", show_progress=self.rank.is_primary,
         )
         average_buffers(self.model)
-        val = top1_error(self.model, self.val_loader, self.device, self.amp_dtype, self.skips)
+        val = top1_error(self.model, self.val_loader, self.device, self.amp_dtype, self.skips, len(self.splits.label_names))
+        if self.loss_fn.wants_class_accuracy():
+            self.loss_fn.observe_class_accuracy(val.class_accuracy)
         for reasons in gather_over_ranks(self.skips.reasons):
             self.skips.add(reasons)
         improved = self.schedule.step(val.error)
@@ -417,6 +398,7 @@ class TrainingRun:
             "train_loss": result.loss,
             "train_error": result.error,
             "val_error": val.error,
+            "susceptibility": susceptibility,
             "lr": lr,
             "seconds": time.perf_counter() - started,
             "train_samples": result.samples,
@@ -425,8 +407,8 @@ class TrainingRun:
         if self.rank.is_primary:
             self._save(record, improved)
         log.info(
-            "epoch %d/%d: loss %.4f, train error %.4f, val error %.4f%s, lr %.1e, %.1fs",
-            epoch + 1, optim.epochs, result.loss, result.error, val.error, " (best)" if improved else "", lr, record["seconds"],
+            "epoch %d/%d: loss %.4f, train error %.4f, val error %.4f%s, susceptibility %.4f, lr %.1e, %.1fs",
+            epoch + 1, optim.epochs, result.loss, result.error, val.error, " (best)" if improved else "", susceptibility, lr, record["seconds"],
         )
         return record
 
@@ -442,6 +424,7 @@ class TrainingRun:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "schedule": self.schedule.state_dict(),
+            "loss": self.loss_fn.state_dict(),
             "best_epoch": self.best_epoch,
             "rng": rng_state(),
         })

@@ -1,4 +1,4 @@
-"""The table's runs: settings (columns), losses, ensemble families, seeds, and the recipe they share."""
+"""The table's runs: settings (columns), losses (the registry's presets, rows), seeds, and the recipe they share."""
 
 from __future__ import annotations
 
@@ -6,24 +6,23 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from training.loss_registry import LOSS_PRESETS
 from training.runs import BEST_CHECKPOINT, TEST_METRICS_FILE
 
-LOSSES = ("ce", "bce", "sce", "bsce")
-LOSS_PRIORITY = ("bsce", "ce", "bce", "sce")
+LOSSES = tuple(LOSS_PRESETS)
+BASELINE = "ce"
 MAIN = "sym40"
-ENSEMBLE_LOSS = "bsce"
 TIMING_FILE = "bench_timing.json"
 EVALUATION_FILE = "evaluation.json"
-ENSEMBLE_DIR = "ensemble"
-PAPER = {"ce": 0.1530, "bce": 0.1430, "sce": 0.1492, "bsce": 0.1407, "bsce + multi-scale TTA": 0.1354}
 
 
 @dataclass(frozen=True)
 class Setting:
-    """A column of the table: one way of corrupting the long-tailed training labels."""
+    """A column of the table: a long tail and a way of corrupting its training labels."""
 
     name: str
     title: str
+    imbalance_ratio: float
     noise_rate: float
     noise_type: str = "symmetric"
 
@@ -31,28 +30,13 @@ class Setting:
 SETTINGS = {
     setting.name: setting
     for setting in (
-        Setting(MAIN, "ρ=100, 40% symmetric noise (main)", 0.4),
-        Setting("asym40", "ρ=100, 40% class-dependent noise", 0.4, "asymmetric"),
-        Setting("clean", "ρ=100, clean labels", 0.0),
+        Setting(MAIN, "ρ=100, 40% symmetric", 100, 0.4),
+        Setting("asym40", "ρ=100, 40% class-dependent", 100, 0.4, "asymmetric"),
+        Setting("sym20", "ρ=50, 20% symmetric", 50, 0.2),
+        Setting("clean", "ρ=100, clean", 100, 0.0),
     )
 }
-
-
-@dataclass(frozen=True)
-class Family:
-    """An ensemble member's architecture: a timm model narrowed by model kwargs."""
-
-    name: str
-    model: str
-    kwargs: tuple[str, ...]
-
-
-# Quarter-width ResNet-18 (0.7 M parameters) and its SE and split-attention (ResNeSt) relatives.
-FAMILIES = (
-    Family("resnet", "resnet18", ("channels=(16, 32, 64, 128)", "stem_width=16")),
-    Family("seresnet", "seresnet18", ("channels=(16, 32, 64, 128)", "stem_width=16")),
-    Family("resnest", "resnest14d", ("channels=(16, 32, 64, 128)", "stem_width=8")),
-)
+NOISY_40 = (MAIN, "asym40")  # the recipe's bar: ≥ 15% relative below ce in both
 
 
 @dataclass(frozen=True)
@@ -62,23 +46,21 @@ class Spec:
     setting: str
     loss: str
     seed: int
-    family: Family = FAMILIES[0]
 
     def run_dir(self, root: Path) -> Path:
-        if self.family != FAMILIES[0]:
-            return root / ENSEMBLE_DIR / self.family.name / f"seed{self.seed}"
         return root / self.setting / self.loss / f"seed{self.seed}"
 
     @property
     def label(self) -> str:
-        family = f"{self.family.name} " if self.family != FAMILIES[0] else ""
-        return f"{family}{self.setting}/{self.loss}/seed{self.seed}"
+        return f"{self.setting}/{self.loss}/seed{self.seed}"
 
 
 @dataclass
 class Recipe:
-    """What every run shares (the options of ``productrec train`` besides setting, loss, seed and model)."""
+    """What every run shares (the options of ``productrec train`` besides setting, loss and seed)."""
 
+    model: str
+    model_kwargs: list[str]
     epochs: int
     lr: float
     patience: int
@@ -88,17 +70,25 @@ class Recipe:
     val_per_class: int
     test_per_class: int | None
     workers: int
+    augment: bool
+    input_size: int = 28
     extra: list[str] = field(default_factory=list)
 
     def train_words(self, spec: Spec, output: Path) -> list[str]:
         setting = SETTINGS[spec.setting]
         words = [
-            "--model", spec.family.model, "--model-kwargs", *spec.family.kwargs,
-            "--loss", spec.loss, "--seed", str(spec.seed),
+            "--model", self.model, "--model-kwargs", *self.model_kwargs,
+            "--loss", spec.loss, "--seed", str(spec.seed), "--imbalance-ratio", str(setting.imbalance_ratio),
             "--noise-rate", str(setting.noise_rate), "--noise-type", setting.noise_type,
             "--epochs", str(self.epochs), "--lr", str(self.lr), "--patience", str(self.patience), "--min-lr", str(self.min_lr),
             "--batch-size", str(self.batch_size), "--val-per-class", str(self.val_per_class), "--workers", str(self.workers),
         ]
+        if self.input_size != 28:
+            words += ["--input-size", str(self.input_size)]
+        if not self.augment:  # crops scaled within input..input and no flips: the plain image, so memorisation shows sooner
+            words += ["--tta-sizes", str(self.input_size), "--no-hflip"]
+        else:
+            words += ["--tta-sizes", *(str(round(self.input_size * factor)) for factor in (1, 8 / 7, 9 / 7))]  # 28/32/36 at 28 px
         if self.max_per_class:
             words += ["--max-per-class", str(self.max_per_class)]
         if self.test_per_class:
@@ -106,20 +96,9 @@ class Recipe:
         return [*words, *self.extra, "--output", str(output)]
 
 
-def plan(main_seeds: int, other_seeds: int) -> list[Spec]:
-    """Runs in order of importance: the main setting's first seed, the ensemble, more seeds, then the other settings
-    (both settings for one loss at a time, the paper's loss and the baseline first)."""
-    first = [Spec(MAIN, loss, 0) for loss in LOSSES]
-    members = [Spec(MAIN, ENSEMBLE_LOSS, 0, family) for family in FAMILIES[1:]]
-    more_seeds = [Spec(MAIN, loss, seed) for seed in range(1, main_seeds) for loss in LOSSES]
-    others = [
-        Spec(name, loss, seed) for seed in range(other_seeds) for loss in LOSS_PRIORITY for name in SETTINGS if name != MAIN
-    ]
-    return first + members + more_seeds + others
-
-
-def ensemble_members(root: Path) -> list[Path]:
-    return [Spec(MAIN, ENSEMBLE_LOSS, 0, family).run_dir(root) for family in FAMILIES]
+def plan(seeds: int, losses: tuple[str, ...] = LOSSES, settings: tuple[str, ...] = tuple(SETTINGS)) -> list[Spec]:
+    """Runs in order of importance: seed 0 of every cell (main setting first), then each further seed."""
+    return [Spec(setting, loss, seed) for seed in range(seeds) for setting in settings for loss in losses]
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -135,6 +114,6 @@ def is_finished(run_dir: Path) -> bool:
 def recipe_of(args: argparse.Namespace) -> Recipe:
     """The recipe given by the command line's options."""
     return Recipe(
-        args.epochs, args.lr, args.patience, args.min_lr, args.batch_size, args.max_per_class or None,
-        args.val_per_class, args.test_per_class or None, args.workers, list(args.extra),
+        args.model, list(args.model_kwargs), args.epochs, args.lr, args.patience, args.min_lr, args.batch_size,
+        args.max_per_class or None, args.val_per_class, args.test_per_class or None, args.workers, args.augment, args.input_size, list(args.extra),
     )

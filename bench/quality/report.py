@@ -1,4 +1,8 @@
-"""docs/results.md (with its figures) and bench/results/quality.json from the finished runs."""
+"""docs/results.md's quality section (with its figures) and bench/results/quality.json from the finished runs.
+
+The section lives between ``BEGIN`` and ``END`` markers; the rest of docs/results.md (other sections, such
+as calibration and average-k) is kept as it is.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +14,27 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from bench.quality.collect import collect
+from bench.quality.collect import CLEAN_TOLERANCE, REQUIRED_GAIN, collect
 from bench.quality.discussion import discussion
-from bench.quality.plan import ENSEMBLE_LOSS, FAMILIES, LOSSES, MAIN, PAPER, SETTINGS, Spec, recipe_of
-from bench.quality.plot import plot_per_class, plot_training_curves
+from bench.quality.plan import BASELINE, LOSSES, MAIN, NOISY_40, SETTINGS, Spec, recipe_of
+from bench.quality.plot import plot_per_class, plot_susceptibility_vs_memorisation, plot_training_curves
+from training.loss_registry import LOSS_PRESETS
 
 log = logging.getLogger("productrec.bench.quality")
+COMMAND = "PY=.venv/bin/python scripts/quality_cpu.sh"
 
 
-def fmt(stats: dict[str, Any] | None) -> str:
+def markers(title: str) -> tuple[str, str]:
+    return f"<!-- bench.quality {title}: begin -->", f"<!-- bench.quality {title}: end -->"
+
+
+def fmt(stats: dict[str, Any] | None, bold: bool = False) -> str:
     if not stats or not stats["n"]:
         return "missing"
     text = f"{stats['mean']:.4f}"
     if stats["std"] is not None:
         text += f" ± {stats['std']:.4f}"
+    text = f"**{text}**" if bold else text
     return text + ("" if stats["n"] >= 3 else f" (n={stats['n']})")
 
 
@@ -33,205 +44,206 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def write_report(root: Path, specs: Sequence[Spec], args: argparse.Namespace) -> dict[str, Any]:
-    """docs/results.md, docs/img/*.png and bench/results/quality.json from the finished runs."""
+    """The quality section of docs/results.md, docs/img/quality_*.png and bench/results/quality.json."""
     numbers = collect(root, specs)
     recipe = recipe_of(args)
-    numbers["recipe"] = {**recipe.__dict__, "threads": args.threads, "families": [family.__dict__ for family in FAMILIES], "main_seeds": args.main_seeds, "other_seeds": args.other_seeds}
-    numbers["paper"] = PAPER
+    numbers["recipe"] = {**recipe.__dict__, "threads": args.threads, "seeds": args.seeds}
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(numbers, indent=2) + "\n")
-    image_dir = args.docs / "img"
-    per_class_png, curves_png = image_dir / "quality_per_class_error.png", image_dir / "quality_training_curves.png"
-    plot_per_class(numbers["cells"][MAIN], numbers["class_sizes"], per_class_png)
-    plot_training_curves(numbers["runs"], curves_png)
-    (args.docs / "results.md").write_text(render(numbers, args, per_class_png, curves_png))
-    log.info("wrote %s, %s and %s", args.docs / "results.md", args.results, image_dir)
+    slug = args.title.lower()
+    images = {
+        "per_class": args.docs / "img" / f"quality_{slug}_per_class_error.png",
+        "curves": args.docs / "img" / f"quality_{slug}_training_curves.png",
+        "curves_asym": args.docs / "img" / f"quality_{slug}_training_curves_asym40.png",
+        "monitor": args.docs / "img" / f"quality_{slug}_susceptibility.png",
+    }
+    plot_per_class(numbers["cells"][MAIN], numbers["class_sizes"], images["per_class"])
+    plot_training_curves(numbers["runs"], MAIN, images["curves"])
+    plot_training_curves(numbers["runs"], "asym40", images["curves_asym"])
+    plot_susceptibility_vs_memorisation(numbers["runs"], images["monitor"])
+    links = {key: path.relative_to(args.docs).as_posix() for key, path in images.items()}
+    section = render(numbers, args, links)
+    path = args.docs / "results.md"
+    begin, end = markers(args.title)
+    text = path.read_text() if path.exists() else ""
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + section + text[text.index(end) + len(end) :]
+    else:
+        text = section + ("\n\n" + text if text else "\n")
+    path.write_text(text)
+    log.info("wrote %s, %s and %s", path, args.results, args.docs / "img")
     return numbers
 
 
-def render(numbers: dict[str, Any], args: argparse.Namespace, per_class_png: Path, curves_png: Path) -> str:
-    cells, runs, recipe = numbers["cells"], numbers["runs"], numbers["recipe"]
+def render(numbers: dict[str, Any], args: argparse.Namespace, images: dict[str, str]) -> str:
+    cells, runs = numbers["cells"], numbers["runs"]
     example = next(iter(runs.values()), None)
-    command = "nice -n 5 .venv/bin/python -m bench.quality --resume --report"
-    out: list[str] = [
-        "# Recognition quality on Fashion-MNIST-LT (the paper's Tables 2-4)",
+    begin, end = markers(args.title)
+    best = {name: min((loss for loss in LOSSES if cells[name][loss]), key=lambda loss: cells[name][loss]["top1_error"]["mean"], default=None) for name in SETTINGS}
+    out = [
+        begin,
+        f"# Loss presets on Fashion-MNIST-LT ({args.title} table)",
         "",
-        "Generated by `python -m bench.quality` from the finished runs under `bench/runs/quality/`; all numbers are also in "
-        "`bench/results/quality.json`. Errors are top-1 errors on the official Fashion-MNIST test set "
-        f"({example['test_images'] if example else '?'} images, balanced, so the top-1 error equals the class-mean error).",
-        "",
-        "## Commands",
+        "Generated by `python -m bench.quality` from the finished runs under `bench/runs/quality/`; every number is also in "
+        "`bench/results/quality.json`. Errors are top-1 errors of each run's best checkpoint (lowest validation error) on the "
+        f"official Fashion-MNIST test set ({example['test_images'] if example else '?'} images, balanced, as photos: the product on white), "
+        "mean ± std over seeds.",
         "",
         "```sh",
-        f"{command}        # train + evaluate every missing run, then this report (resumable)",
-        ".venv/bin/python -m bench.quality --report-only                    # the report alone, from finished runs",
+        f"{COMMAND}    # train + evaluate every missing run (two niced shards, resumable), then this section",
+        ".venv/bin/python -m bench.quality --report-only   # this section alone, from the finished runs",
         "```",
-        "",
-        "Each run is `productrec train` followed by `productrec evaluate <run dir>`; the ensemble is "
-        "`productrec evaluate <3 run dirs>` (top-1 vote through `app.contract.ranking`). The command of every run is in its "
-        "`config.json` and in `bench/results/quality.json`" + (f"; e.g.\n\n```sh\n{example['command']}\n```" if example else "."),
         "",
         "## Recipe and budget",
         "",
-        recipe_text(recipe, runs, numbers["class_sizes"]),
+        recipe_text(numbers["recipe"], runs, args.title),
         "",
-        "## Table 2: loss functions (mean top-1 test error, mean ± std over seeds)",
+        "## Test error (the table)",
         "",
-        "Single centre crop at the input size. Reference (AliProducts, PNASNet-5): "
-        + ", ".join(f"{loss} {PAPER[loss]:.4f}" for loss in LOSSES) + ".",
-        "",
-        markdown_table(
-            ["loss", *(SETTINGS[name].title for name in SETTINGS), "paper"],
-            [[loss, *(fmt(cells[name][loss]["top1_error"] if cells[name][loss] else None) for name in SETTINGS), f"{PAPER[loss]:.4f}"] for loss in LOSSES],
-        ),
-        "",
-        "### Head / middle / tail and memorisation",
-        "",
-        "Error of the head, middle and tail thirds of the classes by training count (TTA predictions; mean class error in the "
-        "third), and, for noisy settings, the share of training images with a flipped label for which the model predicts the "
-        "flipped (noisy) label and the true one (single crop). `productrec evaluate` forms the thirds from the counts of the "
-        "training labels (the counts the class weights use): under symmetric noise they keep the true order of n(k), but "
-        "class-dependent noise moves 40% of a class into its fixed partner (e.g. T-shirt → Shirt), so in the asym40 rows the "
-        "thirds are not the true head and tail (Shirt, 269 true images, is labelled 2,592 times there).",
+        "Bold: the lowest mean in the column. The presets and their defaults are `training.loss_registry`'s (`productrec train --help`).",
         "",
         markdown_table(
-            ["setting", "loss", "error (TTA)", "head", "middle", "tail", "predicts noisy label", "predicts clean label"],
-            [
-                [SETTINGS[name].name, loss, fmt(cell["top1_error_tta"]), *(fmt(cell["group_error"][group]) for group in ("head", "middle", "tail")),
-                 *((fmt(cell["predicts_noisy_label"]), fmt(cell["predicts_clean_label"])) if cell["predicts_noisy_label"] else ("n/a", "n/a"))]
-                for name in SETTINGS for loss in LOSSES if (cell := cells[name][loss])
-            ],
+            ["loss", *(SETTINGS[name].title for name in SETTINGS), "what it is"],
+            [[loss, *(fmt(cells[name][loss]["top1_error"] if cells[name][loss] else None, loss == best[name]) for name in SETTINGS), LOSS_PRESETS[loss].summary]
+             for loss in LOSSES],
         ),
         "",
-        f"![per-class error against training count]({per_class_png.relative_to(args.docs).as_posix()})",
+        "Best validation error (clean, balanced hold-out; what the recipe is chosen by):",
         "",
-        *class_size_section(numbers["class_sizes"]),
-        f"![training curves]({curves_png.relative_to(args.docs).as_posix()})",
+        markdown_table(
+            ["loss", *(SETTINGS[name].title for name in SETTINGS)],
+            [[loss, *(fmt(cells[name][loss]["best_val_error"] if cells[name][loss] else None) for name in SETTINGS)] for loss in LOSSES],
+        ),
+        "",
+        *recipe_section(numbers["recipe_choice"]),
+        *memorisation_section(numbers, images),
+        "## Head, middle and tail",
+        "",
+        "Test error of the head, middle and tail thirds of the classes by training-label count (mean class error in the third), main setting:",
+        "",
+        markdown_table(
+            ["loss", "head", "middle", "tail"],
+            [[loss, *(fmt(cell["group_error"][group]) for group in ("head", "middle", "tail"))] for loss in LOSSES if (cell := cells[MAIN][loss])],
+        ),
+        "",
+        f"![per-class error against training count]({images['per_class']})",
+        "",
+        "## Discussion",
+        "",
+        *discussion(numbers),
+        "",
+        *timing_section(runs),
+        "## Missing cells",
         "",
     ]
-    out += tta_section(numbers)
-    out += ensemble_section(numbers)
-    out += ["## Discussion: where the findings differ from the paper", "", *discussion(numbers), "", *CAVEATS, ""]
-    out += timing_section(runs)
-    out += ["## Missing cells", ""]
     if numbers["missing"]:
         out += [f"{len(numbers['missing'])} planned run(s) have not finished: " + ", ".join(f"`{label}`" for label in numbers["missing"]) + ".",
-                "", f"Complete them (and this report) with `{command}`; finished runs are skipped, interrupted ones resume.", ""]
+                "", f"Complete them (and this section) with `{COMMAND}`; finished runs are skipped, interrupted ones resume.", ""]
     else:
         out += ["None: every planned run finished.", ""]
-    return "\n".join(out)
+    return "\n".join([*out, end])
 
 
-def recipe_text(recipe: dict[str, Any], runs: dict[str, Any], class_sizes: dict[str, list[Any]] | None) -> str:
-    train_s = [run["timing"]["train_s"] for run in runs.values() if "train_s" in run["timing"]]
-    evaluate_s = [run["timing"]["evaluate_s"] for run in runs.values() if "evaluate_s" in run["timing"]]
+def recipe_text(recipe: dict[str, Any], runs: dict[str, Any], title: str) -> str:
     example = next(iter(runs.values()), None)
-    counts = sorted(class_sizes["clean"], reverse=True) if class_sizes else []
-    families = [f"{family['name']}: `{family['model']}` with `{' '.join(family['kwargs'])}`" for family in recipe["families"]]
+    train_s = [run["timing"]["train_s"] for run in runs.values()]
     lines = [
-        f"- Backbone for every loss: quarter-width ResNet-18 ({families[0].split(': ', 1)[1]}, 0.7 M parameters), "
-        "from scratch, 28×28 grey input, TTA resize sizes 28/32/36 with a centre crop of 28. The benchmark sets "
-        f"`torch.set_num_threads({recipe['threads']})`; to repeat one run by hand, prefix its command with `OMP_NUM_THREADS={recipe['threads']}`.",
-        f"- Schedule: SGD, momentum 0.9, weight decay 5e-4, batch {recipe['batch_size']}, initial lr {recipe['lr']} (the paper's 0.01 is too slow "
-        f"for {recipe['epochs']} epochs; the same lr for every loss), lr ×0.1 after {recipe['patience']} epoch(s) without a lower validation error, "
-        f"stop below lr {recipe['min_lr']} or after {recipe['epochs']} epochs; best checkpoint by validation error.",
-        f"- Data: Fashion-MNIST-LT, ρ = 100, n(k) from {counts[0] if counts else '?'} down to {counts[-1] if counts else '?'} "
-        f"({example['train_images'] if example else '?'} training images; n_max is all the head class has left after the validation hold-out), "
-        f"a clean balanced validation split of {recipe['val_per_class']} images per class, "
-        f"{recipe['test_per_class'] or 1000} official test images per class.",
-        f"- Seeds: {recipe['main_seeds']} for the main setting (seed = initialisation and augmentation; the data split and the noise are fixed by "
-        f"data seed 0), {recipe['other_seeds']} for the class-dependent-noise and clean settings, to fit the time budget.",
-        f"- Ensemble (Table 4): bsce on the main setting, seed 0, three families ({', '.join(families)}).",
-        "- Why this size: the whole table (22 runs) had to be computed in one ~70-minute session on 2 CPU cores shared with other "
-        "engineers' tests, so ~2-3 minutes per run. A first probe (all long-tail images, batch 128, PyTorch's default 2 threads) took "
-        "117 s for one epoch, and the evaluation on all 10,000 test images more than 90 s. Measured under the same load, one batch "
-        "of 64 took 1,211 ms with 2 intra-op threads and 98 ms with 1 (threads spin while the other core is busy), so the runs use "
-        "`--threads 1` (`torch.set_num_threads`) plus one DataLoader worker: an epoch over all the long-tail images then takes "
-        "20-50 s depending on the other load, which leaves 5 epochs per run; the test set is cut to 300 images per class "
-        "to keep the evaluation (3 sizes + TTA + memorisation) near 20 s.",
+        f"- Backbone: `{recipe['model']}` with `{' '.join(recipe['model_kwargs'])}` from scratch, {recipe['input_size']}×{recipe['input_size']} grey input, "
+        f"{'random scaled crops and flips' if recipe['augment'] else 'no augmentation (the plain image: memorisation shows within the budget)'}; "
+        f"`torch.set_num_threads({recipe['threads']})`.",
+        f"- Schedule: SGD, momentum 0.9, weight decay 5e-4, batch {recipe['batch_size']}, lr {recipe['lr']}, ×0.1 after {recipe['patience']} "
+        f"epochs without a lower validation error, at most {recipe['epochs']} epochs (a run stops once lr would fall below {recipe['min_lr']}); "
+        "the best checkpoint by validation error is tested.",
+        f"- Data: Fashion-MNIST-LT with n_max = {recipe['max_per_class']} ({example['train_images'] if example else '?'} training images at ρ = 100), "
+        f"a clean balanced validation split of {recipe['val_per_class']} images per class, {recipe['test_per_class'] or 1000} official test images per class; "
+        f"data seed 0 (split, tail, noise), seeds 0-{recipe['seeds'] - 1} for initialisation and order.",
+        "- Why this size: the whole table (12 presets × 4 settings × 3 seeds = 144 runs) had to run in about an hour on 2 CPU cores "
+        "shared with other engineers (load average 3 to 20 while it ran). Measured first: an epoch over 1,236 images took ~1 s at eighth "
+        "and at quarter width (data handling dominates) and ~2 s at half width; with random crops and flips, a quarter-width model "
+        "had not fitted 40% symmetric noise after 30 epochs (training error 0.47 > 0.40), so the benchmark trains without augmentation, "
+        f"on n_max = {recipe['max_per_class']}, with batch {recipe['batch_size']} and patience {recipe['patience']}, so that ce starts to memorise "
+        f"within {recipe['epochs']} epochs (the curves below). A first full-size attempt (n_max = 300) ran at ~105 s per run under that load "
+        "and was restarted smaller.",
     ]
+    if title != "CPU":
+        lines[-1] = (f"- The larger version of the CPU table, run by `scripts/quality_gpu.sh` on one GPU in at most 8 minutes: "
+                     "every run of a shard in one process, the shards side by side on the GPU.")
     if train_s:
-        lines.append(
-            f"- Measured time per run (nice 5, shared cores): training (sum of its epochs) {np.mean(train_s):.0f} s on average "
-            f"(min {min(train_s):.0f}, max {max(train_s):.0f}), evaluation {np.mean(evaluate_s):.0f} s; per run in the table below."
-        )
+        lines.append(f"- Measured training time per run: {np.mean(train_s):.0f} s on average (min {min(train_s):.0f}, max {max(train_s):.0f}).")
     return "\n".join(lines)
 
 
-def class_size_section(sizes: dict[str, list[Any]] | None) -> list[str]:
-    if not sizes:
-        return []
-    rows = [[name, str(clean), str(noisy), f"{noise:.2f}"] for name, clean, noisy, noise in zip(sizes["label_names"], sizes["clean"], sizes["noisy"], sizes["label_noise"])]
+def recipe_section(choice: dict[str, Any] | None) -> list[str]:
+    head = ["## The recommended recipe", ""]
+    if not choice:
+        return [*head, "Not chosen yet: it needs every setting of ce and of the candidates (see Missing cells).", ""]
+    loss = choice["loss"]
+    gains = ", ".join(f"{SETTINGS[name].title}: {choice['test_error'][name]:.4f} against ce's {choice['baseline_test_error'][name]:.4f} "
+                      f"({choice['relative_gain'][name]:+.1%} relative)" for name in NOISY_40)
+    verdict = "meets" if choice["meets_bar"] else "does not meet"
     return [
-        "Training images per class in the main setting: the true long tail n(k), the images carrying the class's label after "
-        "the noise (what the loss and the class weights see), and the share of those labels that are wrong. Symmetric noise "
-        "moves 40% of the head's images into every other class, so the tail classes' labels are mostly wrong:",
+        *head,
+        f"Chosen by validation only: among the presets within {CLEAN_TOLERANCE * 100:.0f} point of ce's clean validation error, the lowest mean best-validation "
+        f"error over the three noisy settings is **{loss}** ({LOSS_PRESETS[loss].summary}).",
         "",
-        markdown_table(["class", "true n(k)", "labelled as the class", "of those, wrong"], rows),
+        "```sh",
+        f"productrec train --loss {loss}",
+        "```",
         "",
+        f"Its test error (reported, not used for the choice): {gains}; clean labels {choice['test_error']['clean']:.4f} against "
+        f"{choice['baseline_test_error']['clean']:.4f} ({choice['clean_change']:+.4f}). It **{verdict}** the bar (≥ {REQUIRED_GAIN:.0%} relative below ce "
+        f"in both 40%-noise settings, at most {CLEAN_TOLERANCE:.2f} worse on clean labels).",
+        "",
+        *([] if choice["meets_bar"] else [
+            "Why not, here: every run is tested at its best validation epoch, so plain ce is early-stopped on clean validation "
+            "labels. Under symmetric noise that stops it before it fits the flipped labels (its training error is still above "
+            "the noise rate at its best epoch, see the discussion), leaving the noise-robust terms little to prevent. Class-dependent "
+            "flips are systematic (40% of a class go to one partner class), a pattern every loss learns early, bounded ones "
+            "included; only the class weights, which undo the inflated partner counts, help there (bce). And with 2 to 9 training "
+            "images in the three tail classes, mostly mislabelled, the class-mean error has a floor that no loss moves. Meeting "
+            "the bar would take a budget in which ce's best checkpoint itself memorises, or a method that relabels or filters "
+            "the data, which no preset here does.",
+            "",
+        ]),
     ]
 
 
-def tta_section(numbers: dict[str, Any]) -> list[str]:
-    loss = numbers["best_loss"]
-    if not loss:
-        return ["## Table 3: multi-scale TTA", "", "missing (no finished run of the main setting)", ""]
-    cell = numbers["cells"][MAIN][loss]
-    rows = [[f"resize {size}, centre crop", fmt(stats)] for size, stats in cell["top1_error_by_size"].items()]
-    rows.append(["TTA: logits of all sizes averaged", fmt(cell["top1_error_tta"])])
+def memorisation_section(numbers: dict[str, Any], images: dict[str, str]) -> list[str]:
+    cells, monitor = numbers["cells"], numbers["susceptibility_vs_memorisation"]
+    noisy = [name for name in SETTINGS if SETTINGS[name].noise_rate]
+    rows = []
+    for loss in LOSSES:
+        row = [loss]
+        for name in noisy:
+            cell = cells[name][loss]
+            row.append("missing" if not cell else f"{fmt(cell['predicts_noisy_label'])} / {cell['susceptibility_at_best']['mean']:.3f} / {cell['final_train_error']['mean']:.3f}")
+        rows.append(row)
+    pearson = monitor["pearson"]
     return [
-        f"## Table 3: multi-scale TTA ({loss}, the best loss of the main setting)",
+        "## Memorisation: the monitor against the measured share",
         "",
-        "Paper (bsce, PNASNet, 331 px crops): resize 384 0.1407, 412 0.1386, 424 0.1384, 436 0.1383, 464 0.1425, TTA 0.1354. "
-        f"Here (28 px crops), mean ± std over seeds {cell['seeds']}:",
+        "Per noisy setting: the share of flipped training labels that the best checkpoint predicts (measured with the clean labels, "
+        "`productrec evaluate`), the susceptibility ζ (`metrics.jsonl`, needs no clean labels; running mean up to the best epoch), "
+        "and the training error against the noisy labels at the last epoch (below the noise rate: noisy labels are being fitted).",
         "",
-        markdown_table(["test-time input", "top-1 error"], rows),
+        markdown_table(["loss", *(f"{SETTINGS[name].title}: predicts noisy / ζ / last train error" for name in noisy)], rows),
+        "",
+        f"Across {monitor['runs']} noisy runs, Pearson's r between ζ and the predicted share of flipped labels is "
+        + (f"{pearson:+.2f}." if pearson is not None else "not yet computable.")
+        + " ζ is measured with CE on each model's own logits: the bounded losses (alpha, logitclip, sce) train low-confidence "
+        "logits whose CE one step lowers more, so ζ compares epochs of one run (it rises as ce starts to memorise) better than losses.",
+        "",
+        f"![training curves, main setting]({images['curves']})",
+        "",
+        f"![training curves, class-dependent noise]({images['curves_asym']})",
+        "",
+        f"![susceptibility against memorisation]({images['monitor']})",
         "",
     ]
-
-
-def ensemble_section(numbers: dict[str, Any]) -> list[str]:
-    rows = numbers["ensemble"]
-    head = ["## Table 4: 3-member ensemble, top-1 voting", ""]
-    if not rows:
-        return [*head, "missing: the three bsce members have not all finished (see Missing cells).", ""]
-    sizes = [key for key in next(iter(rows.values()))["top1_error_by_setting"] if key != "tta"]
-    table = markdown_table(
-        ["model", *(f"error @ {size}" for size in sizes), "error TTA", "head", "middle", "tail", "predicts noisy label"],
-        [
-            [name, *(f"{row['top1_error_by_setting'][size]:.4f}" for size in sizes), f"{row['top1_error_by_setting']['tta']:.4f}",
-             *(f"{row['group_error'][group]:.4f}" for group in ("head", "middle", "tail")),
-             f"{row['memorisation']['predicts_noisy_label']:.4f}" if row.get("memorisation") else "-"]
-            for name, row in rows.items()
-        ],
-    )
-    note = ""
-    if numbers["best_loss"] and numbers["best_loss"] != ENSEMBLE_LOSS:
-        note = (f" The members use bsce, as the paper's ensemble does, although {numbers['best_loss']} had the lower mean error "
-                "in Table 2 here; the resnet member is the bsce seed-0 run of Table 2.")
-    return [*head, "bsce, main setting, seed 0; the vote is `app.contract.ranking`'s (ties to the highest mean probability), "
-            "through `productrec evaluate` with the three run directories." + note, "", table, ""]
 
 
 def timing_section(runs: dict[str, Any]) -> list[str]:
-    rows = [
-        [label, str(run["epochs"]), f"{run['best_val_error']:.4f}", f"{run['timing'].get('train_s', float('nan')):.0f}",
-         f"{run['timing'].get('evaluate_s', float('nan')):.0f}"]
-        for label, run in runs.items()
-    ]
-    return ["## Wall time per run", "", markdown_table(["run", "epochs", "best val error", "train s (epochs)", "evaluate s"], rows), ""]
-
-
-CAVEATS = [
-    "Differences in setup that limit the comparison:",
-    "",
-    "- Data: 10 classes of 28×28 grey product photos with synthetic noise, against AliProducts' 50,030 classes of real photos with real "
-    "(web) noise, and the paper's numbers are on its validation set; here the tail third is three classes, so one class moves a column a lot.",
-    "- Model and schedule: a 0.7 M-parameter ResNet from scratch for 5 epochs (lr 0.05) against an ImageNet-pretrained PNASNet-5 at "
-    "331 px with lr 0.01 and the plateau schedule run to its end. Memorisation of noisy labels grows late in training; short runs see "
-    "little of it, which is exactly the effect SCE/BSCE's reverse term fights, so the noise-robustness gap between the losses is "
-    "likely understated here. The runs are also far from converged: the validation error still moves by several points from one "
-    "epoch to the next (see the curves), which is what the seed standard deviations show.",
-    "- Test images: a 300-per-class subset of the official test set, so one image is 1/3000 of the error; differences below about "
-    "0.01 are within the sampling error of the test set as well as the seed spread.",
-]
+    by_loss = {loss: [run["timing"]["train_s"] for run in runs.values() if run["loss"] == loss] for loss in LOSSES}
+    rows = [[loss, str(len(values)), f"{np.mean(values):.0f}", f"{np.mean([run['timing'].get('evaluate_s', np.nan) for run in runs.values() if run['loss'] == loss]):.0f}"]
+            for loss, values in by_loss.items() if values]
+    return ["## Wall time", "", markdown_table(["loss", "runs", "train s (mean, sum of epochs)", "evaluate s (mean)"], rows), ""]

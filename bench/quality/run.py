@@ -1,4 +1,4 @@
-"""Training and evaluating the table's runs through ``productrec``, resumably, most important first."""
+"""Training and evaluating the table's runs through ``productrec train`` and ``productrec evaluate``, resumably."""
 
 from __future__ import annotations
 
@@ -9,19 +9,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from bench.quality.plan import (
-    ENSEMBLE_DIR,
-    ENSEMBLE_LOSS,
-    EVALUATION_FILE,
-    FAMILIES,
-    MAIN,
-    TIMING_FILE,
-    Recipe,
-    Spec,
-    ensemble_members,
-    is_finished,
-)
-from training.runs import BEST_CHECKPOINT, LAST_CHECKPOINT
+from bench.quality.plan import TIMING_FILE, Recipe, Spec, is_finished
+from training.runs import LAST_CHECKPOINT
 
 log = logging.getLogger("productrec.bench.quality")
 
@@ -55,15 +44,6 @@ def train_and_evaluate(spec: Spec, root: Path, recipe: Recipe, resume: bool) -> 
     return timing
 
 
-def evaluate_ensemble_runs(root: Path) -> None:
-    """Top-1 vote of the three families through ``productrec evaluate`` (``app.contract.ranking``'s voting)."""
-    members = ensemble_members(root)
-    out = root / ENSEMBLE_DIR / EVALUATION_FILE
-    if out.exists() and out.stat().st_mtime > max((member / BEST_CHECKPOINT).stat().st_mtime for member in members):
-        return
-    run_productrec("evaluate", [*map(str, members), "--out", str(out)])
-
-
 def run_all(root: Path, recipe: Recipe, specs: Sequence[Spec], resume: bool, deadline: float | None) -> None:
     from tqdm import tqdm
 
@@ -77,11 +57,3 @@ def run_all(root: Path, recipe: Recipe, specs: Sequence[Spec], resume: bool, dea
             break
         timing = train_and_evaluate(spec, root, recipe, resume)
         log.info("%s: train %.0fs, evaluate %.0fs", spec.label, timing["train_s"], timing["evaluate_s"])
-        if spec.family != FAMILIES[0] or spec == Spec(MAIN, ENSEMBLE_LOSS, 0):
-            evaluate_ensemble_if_ready(root)
-    evaluate_ensemble_if_ready(root)
-
-
-def evaluate_ensemble_if_ready(root: Path) -> None:
-    if all(is_finished(member) for member in ensemble_members(root)):
-        evaluate_ensemble_runs(root)
