@@ -50,7 +50,9 @@ def app_without_pipeline():
         ensemble = SimpleNamespace(num_classes=max(label.index for label in canned.labels) + 1, members=canned.members)
         queue_depth = 0
 
-        async def predict(self, images: Sequence[bytes], top_k: int, tta: bool) -> list[Prediction]:
+        async def predict(
+            self, images: Sequence[bytes], top_k: int, tta: bool, average_k: int | None = None
+        ) -> list[Prediction]:
             return [canned for _ in images]
 
     application = create_app()
