@@ -56,7 +56,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Load and verify every member (``ModelRepository``); on a repository problem stay up (live) but not ready."""
     settings: Settings = app.state.settings
     lifecycle: ModelRepository = app.state.models
-    app.state.metrics.ready.set(0)
     try:
         await lifecycle.start()
     except ProviderUnavailableError:
@@ -71,7 +70,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             from app.grpc.server import stop_grpc_server
 
             await stop_grpc_server(grpc_server)
-        app.state.metrics.ready.set(0)
         await lifecycle.close()
         app.state.metrics.process_exited()
 

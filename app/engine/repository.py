@@ -92,10 +92,11 @@ class ModelRepository:
             self._poller = asyncio.get_running_loop().create_task(self._poll(), name="productrec-repository-poll")
 
     async def close(self) -> None:
+        """Stop serving (new requests get 503 "shutting down"), answer those admitted, stop the workers."""
         if self._poller is not None:
             self._poller.cancel()
         async with self._lock:
-            self._retire(self.pipeline, "shutting down")
+            self._stop_serving("shutting down", "shutting down")
         await asyncio.gather(*self._retiring, return_exceptions=True)
         if self.pool is not None:
             await asyncio.to_thread(self.pool.close)
@@ -137,10 +138,14 @@ class ModelRepository:
     async def unload(self) -> None:
         """Stop serving (not ready) once the requests already admitted are answered."""
         async with self._lock:
-            self._retire(self.pipeline, "unloaded")
-            self.pipeline = None
-            self.unavailable_reason = "the ensemble was unloaded (POST /v2/repository/models/{name}/load serves it again)"
-            self.metrics.ready.set(0)
+            self._stop_serving("unloaded", "the ensemble was unloaded (POST /v2/repository/models/{name}/load serves it again)")
+
+    def _stop_serving(self, why: str, reason: str) -> None:
+        """No pipeline serves (503 with ``reason``); the current one closes once its admitted requests are answered."""
+        self._retire(self.pipeline, why)
+        self.pipeline = None
+        self.unavailable_reason = reason
+        self.metrics.ready.set(0)
 
     def knows(self, name: str) -> bool:
         """Whether ``name`` is the ensemble (served or on disk) or one of its members."""
