@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the default ensemble into a model repository (default: models/) with the project's own pipeline:
 # three quarter-width members of three timm families (ResNet, SE-ResNet, ResNeSt: the ensemble of
-# docs/results.md), trained with the recommended recipe (LOSS, docs/results.md: the loss preset chosen by
+# docs/results.md), trained with the recommended recipe (RECIPE, docs/results.md: the loss row chosen by
 # validation on the quality table) on the Fashion-MNIST-LT benchmark (ρ = 100, 40% symmetric label
 # noise), evaluated on the official test set, exported to ONNX and combined by top-1 voting.
 # Resumable: members already exported are kept, an interrupted training resumes.
@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 REPOSITORY=${1:-models}
 RUNS=${RUNS:-runs/default}
 EPOCHS=${EPOCHS:-5}
-LOSS=${LOSS:-bsce-la}  # the recommended recipe (docs/results.md, "The recommended recipe")
+# The recommended recipe (docs/results.md, "The recommended recipe"): its `productrec train` options
+read -r -a RECIPE <<< "${RECIPE:---loss bsce-la --posthoc-adjust}"
 # Extra `productrec train` options, e.g. CI's tiny ensemble: TRAIN_ARGS="--max-per-class 60 --test-per-class 10"
 read -r -a TRAIN_ARGS <<< "${TRAIN_ARGS:---test-per-class 300}"
 PRODUCTREC=${PRODUCTREC:-.venv/bin/productrec}  # e.g. another checkout's venv
@@ -26,7 +27,7 @@ build_member() {
     echo "== $name ($model): train"
     local resume=()
     [ -f "$run/last.pt" ] && resume=(--resume)  # continues an interrupted run; a finished one returns at once
-    "$PRODUCTREC" train --model "$model" --model-kwargs "$QUARTER" "stem_width=$stem_width" --loss "$LOSS" \
+    "$PRODUCTREC" train --model "$model" --model-kwargs "$QUARTER" "stem_width=$stem_width" "${RECIPE[@]}" \
         --imbalance-ratio 100 --noise-rate 0.4 --noise-type symmetric \
         --epochs "$EPOCHS" --lr 0.05 --patience 1 --min-lr 5e-4 --batch-size 64 --workers 1 \
         --output "$run" "${TRAIN_ARGS[@]}" "${resume[@]}"

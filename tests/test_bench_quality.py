@@ -11,7 +11,7 @@ import pytest
 
 from bench.quality.cli import parse_args
 from bench.quality.collect import choose_recipe
-from bench.quality.plan import LOSSES, SETTINGS, plan, recipe_of
+from bench.quality.plan import LOSSES, POSTHOC, SETTINGS, TABLE_ROWS, plan, recipe_of
 from bench.quality.report import markers, write_report
 from training.loss_registry import LOSS_PRESETS
 
@@ -43,10 +43,15 @@ def fake_run(run_dir: Path, error: float, val_error: float, noisy: bool, data: d
 
 def test_plan_covers_every_preset_and_setting_seed_by_seed() -> None:
     specs = plan(3)
-    assert LOSSES == tuple(LOSS_PRESETS) and len(specs) == len(LOSSES) * len(SETTINGS) * 3
+    assert set(LOSS_PRESETS) < set(LOSSES) and len(specs) == len(LOSSES) * len(SETTINGS) * 3
     assert {spec.seed for spec in specs[: len(LOSSES) * len(SETTINGS)]} == {0}
     words = recipe_of(parse_args([])).train_words(specs[0], Path("out"))
     assert words[words.index("--loss") + 1] == "ce" and "--no-hflip" in words and words[-2:] == ["--output", "out"]
+    assert "--posthoc-adjust" not in words
+    posthoc = next(spec for spec in specs if spec.loss == "bsce-la" + POSTHOC)
+    words = recipe_of(parse_args([])).train_words(posthoc, Path("out"))
+    assert words[words.index("--loss") + 1] == "bsce-la" and "--posthoc-adjust" in words
+    assert parse_args([]).losses == list(TABLE_ROWS) and set(TABLE_ROWS) <= set(LOSSES)
     asym = next(spec for spec in specs if spec.setting == "asym40")
     words = recipe_of(parse_args(["--augment"])).train_words(asym, Path("out"))
     assert words[words.index("--noise-type") + 1] == "asymmetric" and "--no-hflip" not in words
@@ -63,7 +68,7 @@ def test_recipe_is_chosen_by_validation_not_by_test_error() -> None:
         cells[name]["sce"] = cell(0.30, 0.30)  # best on validation
         cells[name]["vs"] = cell(0.10, 0.10)
     cells["clean"]["vs"] = cell(0.10, 0.45)  # best everywhere, but more than a point worse than ce on clean validation
-    choice = choose_recipe(cells)
+    choice = choose_recipe(cells, LOSSES)
     assert choice["loss"] == "sce"
     assert choice["relative_gain"]["sym40"] == pytest.approx(0.25) and choice["meets_bar"]
 
@@ -83,7 +88,7 @@ def test_report_tables_plots_and_missing_cells_keep_the_rest_of_results_md(tmp_p
     (docs / "results.md").write_text("# Calibration and average-k\n\nkept as it is\n")
 
     args = parse_args(["--report-only", "--root", str(root), "--docs", str(docs), "--results", str(tmp_path / "quality.json"), "--seeds", "3"])
-    numbers = write_report(root, plan(3), args)
+    numbers = write_report(root, plan(3, LOSSES), args)
 
     assert numbers["cells"]["sym40"]["la"]["top1_error"]["mean"] == pytest.approx(0.31)
     assert numbers["cells"]["sym40"]["la"]["top1_error"]["std"] == pytest.approx(0.01)

@@ -19,7 +19,8 @@ from training.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from training.models import create_model
 from training.runs import BEST_CHECKPOINT, CONFIG_FILE, CURVES_FILE, DATA_FILE, LAST_CHECKPOINT, METRICS_FILE, load_checkpoint
 from training.loaders import EpochSampler, Skipped, TorchImageSet, collate
-from training.train import ErrorCount, PlateauSchedule, TrainingRun, train
+from training.epoch import ErrorCount
+from training.train import PlateauSchedule, TrainingRun, train
 
 TINY = {"model": "test_resnet", "input_size": 16, "tta_sizes": (16, 18, 20), "batch_size": 8, "val_per_class": 4}
 

@@ -102,6 +102,11 @@ class LossConfig:
         default=None,
         metadata={"help": "defer the class weights until this (0-based) epoch (DRW); default: the preset's (ldam-drw: the last fifth, else off)"},
     )
+    posthoc_adjust: bool = field(
+        default=False,
+        metadata={"help": "post-hoc logit adjustment: predict with z − τ·log π (π: the training-label prior), τ in 0..4 chosen "
+                  "each epoch on the validation split (its error then picks the best epoch); best.pt's classifier bias carries it"},
+    )
     loss_params: dict[str, Any] = field(
         default_factory=dict,
         metadata={

@@ -172,6 +172,7 @@ def run_manifest(run: TrainedRun, name: str, version: str) -> ModelManifest:
         metrics={
             "val_top1_error": run.checkpoint["val_error"],
             "best_epoch": run.checkpoint["epoch"],
+            "posthoc_tau": run.checkpoint.get("posthoc_tau", 0.0),
             "noise_rate_realised": run.data.get("noise_rate_realised"),
             **run.test_metrics(),
         },

@@ -21,15 +21,13 @@ import logging
 import random
 import shlex
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from app.cli import CommandError
 from app.contract.manifest import write_json
@@ -45,16 +43,16 @@ from training.distributed import (
     launch,
     launched_by_torchrun,
     process_group,
-    sum_over_ranks,
-    uneven_inputs,
     wrap_ddp,
 )
 from training.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from training.loaders import SkipLog, TorchImageSet, make_loader
-from training.losses import ComposedLoss, create_loss
+from training.losses import create_loss
+from training.epoch import top1_error, train_one_epoch
 from training.memorisation import SusceptibilityMonitor
 from training.models import check_model_config, create_model, model_normalization
 from training.plots import plot_curves
+from training.posthoc import AdjustedErrors, adjusted_state_dict, classifier_bias_key, log_prior
 from training.schedule import PlateauSchedule
 from training.runs import (
     BEST_CHECKPOINT,
@@ -116,103 +114,6 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# --------------------------------------------------------------------------- one epoch
-
-
-@dataclass(frozen=True)
-class EpochResult:
-    loss: float
-    error: float
-    samples: int
-
-
-@dataclass(frozen=True)
-class ErrorCount:
-    """Top-1 mistakes among the images seen, summed over the ranks; per class when counted."""
-
-    wrong: int
-    seen: int
-    class_correct: tuple[int, ...] = ()
-    class_seen: tuple[int, ...] = ()
-
-    @property
-    def error(self) -> float:
-        return self.wrong / self.seen
-
-    @property
-    def class_accuracy(self) -> list[float]:
-        """Accuracy of each class (0 for a class with no image)."""
-        return [correct / seen if seen else 0.0 for correct, seen in zip(self.class_correct, self.class_seen)]
-
-
-def train_one_epoch(
-    model: nn.Module,
-    loader: DataLoader,
-    loss_fn: ComposedLoss,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    device: torch.device,
-    amp_dtype: torch.dtype | None,
-    skips: SkipLog,
-    description: str,
-    show_progress: bool = True,
-) -> EpochResult:
-    """One pass over the loader; loss, error and sample count are those of all ranks together."""
-    model.train()
-    total_loss, wrong, seen = 0.0, 0, 0
-    progress = tqdm(loader, desc=description, unit="batch", leave=False, dynamic_ncols=True, disable=not show_progress)
-    with uneven_inputs(model):
-        for batch in progress:
-            skips.add(batch.skipped)
-            if batch.images is None or len(batch.labels) < 2:
-                continue
-            images = batch.images.to(device, non_blocking=True)
-            labels = batch.labels.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                logits = model(images)
-            loss = loss_fn(logits, labels)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{description}: the loss is {loss.item()} (lower --lr?)")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            total_loss += loss.item() * len(labels)
-            wrong += int((logits.argmax(dim=1) != labels).sum())
-            seen += len(labels)
-            progress.set_postfix(loss=f"{total_loss / seen:.4f}", error=f"{wrong / seen:.3f}")
-    total_loss, wrong, seen = sum_over_ranks([total_loss, wrong, seen], device)
-    if seen == 0:
-        raise RuntimeError(f"{description}: no readable training image")
-    return EpochResult(total_loss / seen, wrong / seen, int(seen))
-
-
-@torch.inference_mode()
-def top1_error(
-    model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype: torch.dtype | None, skips: SkipLog, n_classes: int = 0
-) -> ErrorCount:
-    """Top-1 mistakes of ``model`` over ``loader`` (per class for ``n_classes`` > 0), summed over the ranks' shards (unreadable images are left out)."""
-    model.eval()
-    wrong, seen = 0, 0
-    class_correct, class_seen = np.zeros(n_classes, np.int64), np.zeros(n_classes, np.int64)
-    for batch in loader:
-        skips.add(batch.skipped)
-        if batch.images is None:
-            continue
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = model(batch.images.to(device, non_blocking=True))
-        right = logits.argmax(dim=1).cpu() == batch.labels
-        wrong += int((~right).sum())
-        seen += len(batch.labels)
-        if n_classes:
-            class_correct += np.bincount(batch.labels[right].numpy(), minlength=n_classes)
-            class_seen += np.bincount(batch.labels.numpy(), minlength=n_classes)
-    totals = [int(value) for value in sum_over_ranks([wrong, seen, *class_correct, *class_seen], device)]
-    if totals[1] == 0:
-        raise RuntimeError("no readable validation image")
-    return ErrorCount(totals[0], totals[1], tuple(totals[2 : 2 + n_classes]), tuple(totals[2 + n_classes :]))
 
 
 # --------------------------------------------------------------------------- the run
@@ -295,6 +196,7 @@ class TrainingRun:
             config.model.pretrained if pretrained else None, config.model.model_kwargs,
         )
         resolved = resolve_config(config, self.splits, model)
+        self.bias_key = classifier_bias_key(model) if config.loss.posthoc_adjust else ""
         self.model = convert_sync_bn(model.to(self.device), self.rank, config.distributed.sync_bn)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
@@ -308,6 +210,7 @@ class TrainingRun:
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.batch_and_lr.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.schedule = PlateauSchedule(self.batch_and_lr.lr, optim.patience, self.batch_and_lr.min_lr)
+        self.log_prior = log_prior(self.splits.class_counts.tolist()) if self.config.loss.posthoc_adjust else None
         self.start_epoch, self.best_epoch = 0, 0
         self.skips = SkipLog()
 
@@ -385,19 +288,23 @@ class TrainingRun:
             self.amp_dtype, self.skips, f"epoch {epoch + 1}/{optim.epochs}", show_progress=self.rank.is_primary,
         )
         average_buffers(self.model)
-        val = top1_error(self.model, self.val_loader, self.device, self.amp_dtype, self.skips, len(self.splits.label_names))
+        adjusted = AdjustedErrors(self.log_prior) if self.log_prior is not None else None
+        val = top1_error(self.model, self.val_loader, self.device, self.amp_dtype, self.skips, len(self.splits.label_names), adjusted)
+        tau, val_error = (adjusted.best(val.wrong_by_tau) if adjusted else (0.0, val.wrong))
+        val_error /= val.seen
         if self.loss_fn.wants_class_accuracy():
             self.loss_fn.observe_class_accuracy(val.class_accuracy)
         for reasons in gather_over_ranks(self.skips.reasons):
             self.skips.add(reasons)
-        improved = self.schedule.step(val.error)
+        improved = self.schedule.step(val_error)
         if improved:
             self.best_epoch = epoch + 1
         record = {
             "epoch": epoch + 1,
             "train_loss": result.loss,
             "train_error": result.error,
-            "val_error": val.error,
+            "val_error": val_error,
+            **({"val_error_unadjusted": val.error, "posthoc_tau": tau} if adjusted else {}),
             "susceptibility": susceptibility,
             "lr": lr,
             "seconds": time.perf_counter() - started,
@@ -408,7 +315,7 @@ class TrainingRun:
             self._save(record, improved)
         log.info(
             "epoch %d/%d: loss %.4f, train error %.4f, val error %.4f%s, susceptibility %.4f, lr %.1e, %.1fs",
-            epoch + 1, optim.epochs, result.loss, result.error, val.error, " (best)" if improved else "", susceptibility, lr, record["seconds"],
+            epoch + 1, optim.epochs, result.loss, result.error, val_error, " (best)" if improved else "", susceptibility, lr, record["seconds"],
         )
         return record
 
@@ -418,7 +325,9 @@ class TrainingRun:
             metrics.write(json.dumps(record) + "\n")
         weights = {**self._metadata(), "model": self.model.state_dict(), "epoch": record["epoch"]}
         if improved:
-            save_checkpoint(self.run_dir / BEST_CHECKPOINT, {**weights, "val_error": record["val_error"]})
+            tau = record.get("posthoc_tau", 0.0)
+            best = adjusted_state_dict(weights["model"], self.bias_key, tau, self.log_prior) if tau else weights["model"]
+            save_checkpoint(self.run_dir / BEST_CHECKPOINT, {**weights, "model": best, "val_error": record["val_error"], "posthoc_tau": tau})
         save_checkpoint(self.run_dir / LAST_CHECKPOINT, {
             **weights,
             "optimizer": self.optimizer.state_dict(),

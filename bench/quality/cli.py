@@ -10,7 +10,7 @@ from typing import Sequence
 
 import bench.quality
 from bench import REPO
-from bench.quality.plan import LOSSES, SETTINGS, plan, recipe_of
+from bench.quality.plan import LOSSES, SETTINGS, TABLE_ROWS, plan, recipe_of
 from bench.quality.run import run_all
 
 # The CPU table's recipe, chosen by measurement on 2 shared cores (docs/results.md, "Recipe and budget").
@@ -24,7 +24,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--root", type=Path, default=REPO / "bench/runs/quality", help="where the run directories go")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per cell (mean ± std)")
-    parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES, help="rows (default: every preset)")
+    parser.add_argument("--losses", nargs="+", default=list(TABLE_ROWS), choices=LOSSES,
+                        help="rows: presets, and presets with +pla (post-hoc logit adjustment); default: %(default)s")
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS), help="columns (default: all)")
     parser.add_argument("--shard", default="0/1", help="I/N: run only every N-th missing run from the I-th (parallel invocations)")
     parser.add_argument("--resume", action="store_true", help="continue interrupted runs from their last.pt")
@@ -38,12 +39,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     recipe.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: two threads on 2 shared cores were 10x slower)")
     recipe.add_argument("--model", default="resnet10t")
     recipe.add_argument("--model-kwargs", nargs="*", default=QUARTER_RESNET10T, metavar="KEY=VALUE")
-    recipe.add_argument("--epochs", type=int, default=15)
+    recipe.add_argument("--epochs", type=int, default=20)
     recipe.add_argument("--lr", type=float, default=0.05)
     recipe.add_argument("--patience", type=int, default=2)
     recipe.add_argument("--min-lr", type=float, default=1e-5)
     recipe.add_argument("--batch-size", type=int, default=32)
-    recipe.add_argument("--max-per-class", type=int, default=200, help="n_max of the long tail (0: all that remain after validation)")
+    recipe.add_argument("--max-per-class", type=int, default=1000, help="n_max of the long tail (0: all that remain after validation)")
     recipe.add_argument("--val-per-class", type=int, default=30)
     recipe.add_argument("--test-per-class", type=int, default=100, help="official test images per class (0: all 1,000)")
     recipe.add_argument("--workers", type=int, default=0)

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from bench.quality.plan import BASELINE, EVALUATION_FILE, LOSSES, MAIN, NOISY_40, SETTINGS, TIMING_FILE, Spec, is_finished
+from bench.quality.plan import BASELINE, EVALUATION_FILE, MAIN, NOISY_40, SETTINGS, TIMING_FILE, Spec, is_finished
 from training.memorisation import running_mean
 from training.runs import CONFIG_FILE, DATA_FILE, METRICS_FILE, TEST_METRICS_FILE
 
@@ -78,11 +78,11 @@ def cell_numbers(group: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def choose_recipe(cells: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+def choose_recipe(cells: dict[str, dict[str, Any]], rows: Sequence[str]) -> dict[str, Any] | None:
     """The preset with the lowest mean best-validation error over the noisy settings, among those within one point of
     ce's validation error on clean labels: a choice by validation only. Then its test errors against the bar."""
     noisy = [name for name in SETTINGS if SETTINGS[name].noise_rate > 0]
-    complete = [loss for loss in LOSSES if all(cells[name].get(loss) for name in SETTINGS)]
+    complete = [loss for loss in rows if all(cells[name].get(loss) for name in SETTINGS)]
     if BASELINE not in complete:
         return None
     clean_val = {loss: cells["clean"][loss]["best_val_error"]["mean"] for loss in complete}
@@ -107,11 +107,12 @@ def choose_recipe(cells: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
 def collect(root: Path, specs: Sequence[Spec]) -> dict[str, Any]:
     """All numbers of the report: per run, per (setting, loss) cell, and the recipe chosen by validation."""
     runs = {spec.label: read_run(spec, root) for spec in specs}
+    rows = tuple(dict.fromkeys(spec.loss for spec in specs))
     finished = {label: run for label, run in runs.items() if run is not None}
     cells: dict[str, dict[str, Any]] = {}
     for setting in SETTINGS:
         cells[setting] = {}
-        for loss in LOSSES:
+        for loss in rows:
             group = [run for run in finished.values() if run["setting"] == setting and run["loss"] == loss]
             cells[setting][loss] = cell_numbers(group) if group else None
     pairs = [(run["susceptibility_at_best"], run["memorisation"]["predicts_noisy_label"]) for run in finished.values()
@@ -123,7 +124,8 @@ def collect(root: Path, specs: Sequence[Spec]) -> dict[str, Any]:
     return {
         "runs": finished,
         "cells": cells,
-        "recipe_choice": choose_recipe(cells),
+        "rows": rows,
+        "recipe_choice": choose_recipe(cells, rows),
         "susceptibility_vs_memorisation": {"runs": len(pairs), "pearson": correlation},
         "missing": missing,
         "class_sizes": training_class_sizes(first_main.run_dir(root)) if first_main else None,

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.quality.plan import BASELINE, LOSSES, MAIN, SETTINGS
+from bench.quality.plan import BASELINE, MAIN, SETTINGS
 from training.loss_registry import LOSS_PRESETS, resolve_start
 
 LONG_TAIL = ("bce", "ldam-drw", "la", "vs", "cdb")
@@ -42,7 +42,7 @@ def discussion(numbers: dict[str, Any]) -> list[str]:
     cells, lines = numbers["cells"], []
     lines += memorisation_lines(numbers)
     for setting in SETTINGS:
-        measured = {loss: _mean(cells, setting, loss) for loss in LOSSES}
+        measured = {loss: _mean(cells, setting, loss) for loss in numbers["rows"]}
         measured = {loss: value for loss, value in measured.items() if value is not None}
         if BASELINE not in measured or len(measured) < 2:
             continue
@@ -54,8 +54,8 @@ def discussion(numbers: dict[str, Any]) -> list[str]:
             f"- {SETTINGS[setting].title}: {' < '.join(f'{loss} {measured[loss]:.3f}' for loss in ranking)}. "
             + (f"Better than ce by more than two seed standard deviations: {', '.join(clear)}." if clear else "No preset beats ce by more than two seed standard deviations.")
         )
-    main = {loss: _mean(cells, MAIN, loss) for loss in LOSSES}
-    pairs = [("ce", "sce"), ("bce", "bsce"), ("bsce", "bsce-la"), ("ce", "la")]
+    main = {loss: _mean(cells, MAIN, loss) for loss in numbers["rows"]}
+    pairs = [("ce", "sce"), ("bce", "bsce"), ("bsce", "bsce-la"), ("ce", "la"), ("ce", "ce+pla"), ("bsce-la", "bsce-la+pla")]
     effects = [f"{a} → {b} {main[b] - main[a]:+.3f}" for a, b in pairs if main.get(a) is not None and main.get(b) is not None]
     if effects:
         lines.append("- Composition on the main setting (test error change): " + ", ".join(effects) + ".")

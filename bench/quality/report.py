@@ -16,9 +16,8 @@ import numpy as np
 
 from bench.quality.collect import CLEAN_TOLERANCE, REQUIRED_GAIN, collect
 from bench.quality.discussion import discussion
-from bench.quality.plan import BASELINE, LOSSES, MAIN, NOISY_40, SETTINGS, Spec, recipe_of
+from bench.quality.plan import MAIN, NOISY_40, SETTINGS, Spec, recipe_of, row_summary, row_words
 from bench.quality.plot import plot_per_class, plot_susceptibility_vs_memorisation, plot_training_curves
-from training.loss_registry import LOSS_PRESETS
 
 log = logging.getLogger("productrec.bench.quality")
 COMMAND = "PY=.venv/bin/python scripts/quality_cpu.sh"
@@ -79,7 +78,8 @@ def render(numbers: dict[str, Any], args: argparse.Namespace, images: dict[str, 
     cells, runs = numbers["cells"], numbers["runs"]
     example = next(iter(runs.values()), None)
     begin, end = markers(args.title)
-    best = {name: min((loss for loss in LOSSES if cells[name][loss]), key=lambda loss: cells[name][loss]["top1_error"]["mean"], default=None) for name in SETTINGS}
+    rows = numbers["rows"]
+    best = {name: min((loss for loss in rows if cells[name][loss]), key=lambda loss: cells[name][loss]["top1_error"]["mean"], default=None) for name in SETTINGS}
     out = [
         begin,
         f"# Loss presets on Fashion-MNIST-LT ({args.title} table)",
@@ -104,15 +104,15 @@ def render(numbers: dict[str, Any], args: argparse.Namespace, images: dict[str, 
         "",
         markdown_table(
             ["loss", *(SETTINGS[name].title for name in SETTINGS), "what it is"],
-            [[loss, *(fmt(cells[name][loss]["top1_error"] if cells[name][loss] else None, loss == best[name]) for name in SETTINGS), LOSS_PRESETS[loss].summary]
-             for loss in LOSSES],
+            [[loss, *(fmt(cells[name][loss]["top1_error"] if cells[name][loss] else None, loss == best[name]) for name in SETTINGS), row_summary(loss)]
+             for loss in rows],
         ),
         "",
         "Best validation error (clean, balanced hold-out; what the recipe is chosen by):",
         "",
         markdown_table(
             ["loss", *(SETTINGS[name].title for name in SETTINGS)],
-            [[loss, *(fmt(cells[name][loss]["best_val_error"] if cells[name][loss] else None) for name in SETTINGS)] for loss in LOSSES],
+            [[loss, *(fmt(cells[name][loss]["best_val_error"] if cells[name][loss] else None) for name in SETTINGS)] for loss in rows],
         ),
         "",
         *recipe_section(numbers["recipe_choice"]),
@@ -123,7 +123,7 @@ def render(numbers: dict[str, Any], args: argparse.Namespace, images: dict[str, 
         "",
         markdown_table(
             ["loss", "head", "middle", "tail"],
-            [[loss, *(fmt(cell["group_error"][group]) for group in ("head", "middle", "tail"))] for loss in LOSSES if (cell := cells[MAIN][loss])],
+            [[loss, *(fmt(cell["group_error"][group]) for group in ("head", "middle", "tail"))] for loss in rows if (cell := cells[MAIN][loss])],
         ),
         "",
         f"![per-class error against training count]({images['per_class']})",
@@ -132,7 +132,7 @@ def render(numbers: dict[str, Any], args: argparse.Namespace, images: dict[str, 
         "",
         *discussion(numbers),
         "",
-        *timing_section(runs),
+        *timing_section(runs, rows),
         "## Missing cells",
         "",
     ]
@@ -157,20 +157,26 @@ def recipe_text(recipe: dict[str, Any], runs: dict[str, Any], title: str) -> str
         f"- Data: Fashion-MNIST-LT with n_max = {recipe['max_per_class']} ({example['train_images'] if example else '?'} training images at ρ = 100), "
         f"a clean balanced validation split of {recipe['val_per_class']} images per class, {recipe['test_per_class'] or 1000} official test images per class; "
         f"data seed 0 (split, tail, noise), seeds 0-{recipe['seeds'] - 1} for initialisation and order.",
-        "- Why this size: the whole table (12 presets × 4 settings × 3 seeds = 144 runs) had to run in about an hour on 2 CPU cores "
-        "shared with other engineers (load average 3 to 20 while it ran). Measured first: an epoch over 1,236 images took ~1 s at eighth "
-        "and at quarter width (data handling dominates) and ~2 s at half width; with random crops and flips, a quarter-width model "
-        "had not fitted 40% symmetric noise after 30 epochs (training error 0.47 > 0.40), so the benchmark trains without augmentation, "
-        f"on n_max = {recipe['max_per_class']}, with batch {recipe['batch_size']} and patience {recipe['patience']}, so that ce starts to memorise "
-        f"within {recipe['epochs']} epochs (the curves below). A first full-size attempt (n_max = 300) ran at ~105 s per run under that load "
-        "and was restarted smaller.",
+        f"- Why this size: measured on 2 quiet CPU cores, an epoch over these {example['train_images'] if example else '?'} images takes about "
+        f"{_epoch_seconds(runs):.1f} s, so a run is well under a minute and the table about 40 minutes in two shards. The earlier table "
+        "(below, every preset) used n_max = 200, chosen on a machine shared with other jobs: there the three tail classes had 2 to 5 "
+        "training images, almost all mislabelled under 40% noise, and the seed spread (±0.03) was as large as the differences between "
+        f"losses. With n_max = {recipe['max_per_class']} the tail has {max(1, round(recipe['max_per_class'] / 100))} clean images a class and, "
+        f"within {recipe['epochs']} epochs, ce's validation error turns up after its best epoch while its training error "
+        "approaches the noise rate (the curves and the discussion below): the budget in which ce starts to memorise.",
     ]
     if title != "CPU":
-        lines[-1] = (f"- The larger version of the CPU table, run by `scripts/quality_gpu.sh` on one GPU in at most 8 minutes: "
+        lines[-1] = ("- The larger version of the CPU table, run by `scripts/quality_gpu.sh` on one GPU in at most 8 minutes: "
                      "every run of a shard in one process, the shards side by side on the GPU.")
     if train_s:
         lines.append(f"- Measured training time per run: {np.mean(train_s):.0f} s on average (min {min(train_s):.0f}, max {max(train_s):.0f}).")
     return "\n".join(lines)
+
+
+def _epoch_seconds(runs: dict[str, Any]) -> float:
+    """Mean seconds of one training epoch over the finished runs (their metrics.jsonl)."""
+    seconds = [record["seconds"] for run in runs.values() for record in run["curves"] if record.get("seconds")]
+    return float(np.mean(seconds)) if seconds else float("nan")
 
 
 def recipe_section(choice: dict[str, Any] | None) -> list[str]:
@@ -183,11 +189,11 @@ def recipe_section(choice: dict[str, Any] | None) -> list[str]:
     verdict = "meets" if choice["meets_bar"] else "does not meet"
     return [
         *head,
-        f"Chosen by validation only: among the presets within {CLEAN_TOLERANCE * 100:.0f} point of ce's clean validation error, the lowest mean best-validation "
-        f"error over the three noisy settings is **{loss}** ({LOSS_PRESETS[loss].summary}).",
+        f"Chosen by validation only: among the rows within {CLEAN_TOLERANCE * 100:.0f} point of ce's clean validation error, the lowest mean best-validation "
+        f"error over the three noisy settings is **{loss}** ({row_summary(loss)}).",
         "",
         "```sh",
-        f"productrec train --loss {loss}",
+        "productrec train " + " ".join(row_words(loss)),
         "```",
         "",
         f"Its test error (reported, not used for the choice): {gains}; clean labels {choice['test_error']['clean']:.4f} against "
@@ -212,7 +218,7 @@ def memorisation_section(numbers: dict[str, Any], images: dict[str, str]) -> lis
     cells, monitor = numbers["cells"], numbers["susceptibility_vs_memorisation"]
     noisy = [name for name in SETTINGS if SETTINGS[name].noise_rate]
     rows = []
-    for loss in LOSSES:
+    for loss in numbers["rows"]:
         row = [loss]
         for name in noisy:
             cell = cells[name][loss]
@@ -242,8 +248,8 @@ def memorisation_section(numbers: dict[str, Any], images: dict[str, str]) -> lis
     ]
 
 
-def timing_section(runs: dict[str, Any]) -> list[str]:
-    by_loss = {loss: [run["timing"]["train_s"] for run in runs.values() if run["loss"] == loss] for loss in LOSSES}
+def timing_section(runs: dict[str, Any], rows: Sequence[str]) -> list[str]:
+    by_loss = {loss: [run["timing"]["train_s"] for run in runs.values() if run["loss"] == loss] for loss in rows}
     rows = [[loss, str(len(values)), f"{np.mean(values):.0f}", f"{np.mean([run['timing'].get('evaluate_s', np.nan) for run in runs.values() if run['loss'] == loss]):.0f}"]
             for loss, values in by_loss.items() if values]
     return ["## Wall time", "", markdown_table(["loss", "runs", "train s (mean, sum of epochs)", "evaluate s (mean)"], rows), ""]

@@ -7,10 +7,11 @@ Measured in one run (the ratios compare figures of the same run):
 - preprocessing alone: ``decode_crops`` in this process, CPU ms per photo by photo size, and the
   floor no libjpeg decoder goes under (decoding at 1/8 scale: the entropy decoding every scale pays);
 - ProductRec's thread layouts (decode workers x onnxruntime intra-op threads) and a LitServe 0.2.19
-  sweep (``bench/litserve_peer.py``: workers x onnxruntime threads x batching), plain path, c=8;
-- then rounds alternating ProductRec (its best layout), LitServe (its best) and the limit (raw
-  onnxruntime on the same crops, at the batch sizes ProductRec formed) for the plain path, and
-  ProductRec against the limit for TTA;
+  sweep (``bench/litserve_peer.py``: workers x onnxruntime threads x batching, the preprocessing as a
+  LitServe user writes it), plain path, c=8;
+- then rounds alternating ProductRec (its best layout), LitServe (its best), the same LitServe
+  configuration given ProductRec's own ``decode_crops``, and the limit (raw onnxruntime on the same
+  crops, at the batch sizes ProductRec formed) for the plain path, and ProductRec against the limit for TTA;
 - the tail: p50/p95/p99 at concurrency 64 on the small (default-ensemble-like) case.
 
 Photos: ``bench.serving.photos.skimage_photos`` (6 pictures x 640x480, 1024x768, 2048x1536, JPEG q90).
@@ -36,6 +37,7 @@ from PIL import Image
 
 from app.engine.ensemble import Ensemble
 from bench import REPO
+from bench.litserve_peer import user_crops
 from bench.preprocess_cost import preprocessing_cost
 from bench.serving.limit import Limit
 from bench.serving.load import LoadRound, batch_schedule, post_images
@@ -77,9 +79,9 @@ def productrec(repository: Path, overrides: dict[str, str], log: Path) -> Servic
     return Service(env, log)
 
 
-def peer(repository: Path, workers: int, threads: int, batch: int, tta: bool, log: Path) -> Service:
+def peer(repository: Path, workers: int, threads: int, batch: int, tta: bool, log: Path, preprocess: str = "user") -> Service:
     command = [sys.executable, str(REPO / "bench" / "litserve_peer.py"), str(repository), "--workers", str(workers),
-               "--threads", str(threads), "--max-batch-size", str(batch), *(["--tta"] if tta else [])]
+               "--threads", str(threads), "--max-batch-size", str(batch), "--preprocess", preprocess, *(["--tta"] if tta else [])]
     return Service({}, log, command=command, ready_path="/health", own_group=True)
 
 
@@ -121,9 +123,12 @@ def limit_round(limit: Limit, round_: LoadRound) -> float:
 
 
 def rounds(service: Service, limit: Limit, photos: Sequence[bytes], requests: int, count: int,
-           peer_service: Service | None = None) -> dict:
-    """``count`` rounds of ProductRec, LitServe (if given) and the limit, alternating."""
-    result: dict[str, list] = {"productrec": [], "limit": [], "litserve": [], "latency": [], "peer_latency": []}
+           peers: dict[str, Service] | None = None) -> dict:
+    """``count`` rounds of ProductRec, each peer (name -> service) and the limit, alternating."""
+    peers = peers or {}
+    result: dict[str, list] = {"productrec": [], "limit": [], "latency": []}
+    peer_rates: dict[str, list[float]] = {name: [] for name in peers}
+    peer_latency: dict[str, list[float]] = {name: [] for name in peers}
     load(service, photos, 2 * CONCURRENCY)
     limit.run([CONCURRENCY])
     for _ in range(count):
@@ -131,20 +136,20 @@ def rounds(service: Service, limit: Limit, photos: Sequence[bytes], requests: in
         result["productrec"].append(len(served.replies) / served.wall_s)
         result["latency"] += [reply.latency_s for reply in served.replies]
         result["limit"].append(limit_round(limit, served))
-        if peer_service is not None:
+        for name, peer_service in peers.items():
             other = post_images(peer_service.port, photos, CONCURRENCY, requests, 300, 600, request=peer_request)
-            result["litserve"].append(len(other.replies) / other.wall_s)
-            result["peer_latency"] += [reply.latency_s for reply in other.replies]
+            peer_rates[name].append(len(other.replies) / other.wall_s)
+            peer_latency[name] += [reply.latency_s for reply in other.replies]
     point = {
         "productrec_images_per_s": result["productrec"],
         "limit_images_per_s": result["limit"],
         "ratio_to_limit": [p / q for p, q in zip(result["productrec"], result["limit"])],
         "latency_ms": latency_ms([_Latency(s) for s in result["latency"]]),
     }
-    if peer_service is not None:
-        point["litserve_images_per_s"] = result["litserve"]
-        point["ratio_to_litserve"] = [p / q for p, q in zip(result["productrec"], result["litserve"])]
-        point["litserve_latency_ms"] = latency_ms([_Latency(s) for s in result["peer_latency"]])
+    for name in peers:  # e.g. litserve_images_per_s, ratio_to_litserve, litserve_latency_ms
+        point[f"{name}_images_per_s"] = peer_rates[name]
+        point[f"ratio_to_{name}"] = [p / q for p, q in zip(result["productrec"], peer_rates[name])]
+        point[f"{name}_latency_ms"] = latency_ms([_Latency(s) for s in peer_latency[name]])
     return point
 
 
@@ -179,6 +184,8 @@ def measure(args: argparse.Namespace) -> dict:
         "photos": {"count": len(photos), "sizes": ["x".join(map(str, size)) for size in PHOTO_SIZES],
                    "mean_kib": float(np.mean([len(p) for p in photos]) / 1024)},
         "preprocess_cpu_ms": {"plain": preprocessing_cost(photos, plain_plan), "tta": preprocessing_cost(photos, tta_plan),
+                              "plain_user": preprocessing_cost(photos, plain_plan, crops=user_crops),
+                              "tta_user": preprocessing_cost(photos, tta_plan, crops=user_crops),
                               "decode_floor": decode_floor(photos)},
     }
     print("preprocessing CPU ms per photo:", json.dumps(results["preprocess_cpu_ms"]), flush=True)
@@ -191,12 +198,15 @@ def measure(args: argparse.Namespace) -> dict:
         layout = {key: str(best_layout[key]) for key in ("decode_workers", "intra_op_threads", "inference_threads")}
         results["chosen_layout"] = layout
         settings, _ = settings_for(plain_repo, {"tta": "false", "intra_op_spinning": "false"})
-        with productrec(plain_repo, {**layout, "tta": "false"}, scratch / "plain.log") as service, \
-                peer(plain_repo, best_peer["workers"], best_peer["threads"], best_peer["max_batch_size"], False,
-                     scratch / "peer.log") as other:
+        peer_options = (plain_repo, best_peer["workers"], best_peer["threads"], best_peer["max_batch_size"], False)
+        with productrec(plain_repo, {**layout, "tta": "false"}, scratch / "plain.log") as service:
             limit = Limit(Ensemble.from_settings(settings), photos, settings)
-            results["plain"] = rounds(service, limit, photos, args.requests, args.rounds, other)
-        print("plain:", json.dumps(results["plain"]), flush=True)
+            with peer(*peer_options, scratch / "peer.log") as other:  # one peer up at a time: an idle one still polls
+                results["plain"] = rounds(service, limit, photos, args.requests, args.rounds, {"litserve": other})
+            print("plain:", json.dumps(results["plain"]), flush=True)
+            with peer(*peer_options, scratch / "peer-service.log", preprocess="service") as other:
+                results["plain_service_peer"] = rounds(service, limit, photos, args.requests, args.rounds, {"litserve": other})
+            print("plain, LitServe with decode_crops:", json.dumps(results["plain_service_peer"]), flush=True)
         settings, _ = settings_for(tta_repo, {"tta": "true", "intra_op_spinning": "false"})
         with productrec(tta_repo, {**layout, "tta": "true"}, scratch / "tta.log") as service:
             limit = Limit(Ensemble.from_settings(settings), photos, settings)

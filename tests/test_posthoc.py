@@ -1,0 +1,85 @@
+"""Post-hoc logit adjustment: hand values of its parts, and a training run whose best.pt carries it."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from torch import nn
+
+from training.posthoc import TAU_GRID, AdjustedErrors, adjusted_state_dict, classifier_bias_key, log_prior
+from training.runs import BEST_CHECKPOINT, METRICS_FILE, load_run
+
+
+def test_log_prior_is_the_log_label_share_with_empty_classes_counted_once() -> None:
+    assert log_prior([3, 1, 0]).tolist() == pytest.approx([math.log(3 / 5), math.log(1 / 5), math.log(1 / 5)])
+
+
+def test_adjusted_errors_count_each_tau_and_choose_the_smallest_best() -> None:
+    prior = log_prior([90, 10])  # log 0.9, log 0.1: a gap of ln 9 = 2.197
+    errors = AdjustedErrors(prior, taus=(0.0, 0.5, 1.0, 2.0))
+    logits = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # margins 1, 1, -1 for class 0
+    errors.add(logits, torch.tensor([1, 0, 1]))
+    # τ = 0: image 0 wrong. τ = 0.5 shifts class 1 by 1.099 > 1: image 0 right, image 1 wrong.
+    assert errors.wrong == [1, 1, 1, 1]
+    assert errors.best(errors.wrong) == (0.0, 1)
+    errors.add(torch.tensor([[0.8, 0.0]]), torch.tensor([1]))  # right from τ = 0.5 (shift 1.099 > 0.8)
+    assert errors.wrong == [2, 1, 1, 1]
+    assert errors.best(errors.wrong) == (0.5, 1)
+    assert TAU_GRID[0] == 0 and TAU_GRID[-1] == 4 and len(TAU_GRID) == 17
+
+
+def test_the_adjustment_is_folded_into_the_classifier_bias_only() -> None:
+    model = timm.create_model("resnet10t", num_classes=3, channels=(8, 8, 8, 8), stem_width=8)
+    key = classifier_bias_key(model)
+    assert key == "fc.bias"
+    prior = log_prior([8, 1, 1])
+    state = model.state_dict()
+    adjusted = adjusted_state_dict(state, key, 1.5, prior)
+    assert torch.allclose(adjusted[key], state[key] - 1.5 * prior)
+    assert all(adjusted[name] is state[name] for name in state if name != key)
+    assert adjusted_state_dict(state, key, 0.0, prior) is state
+    images = torch.randn(2, 3, 32, 32)
+    model.eval()
+    raw = model(images)
+    model.load_state_dict(adjusted)
+    assert torch.allclose(model(images), raw - 1.5 * prior, atol=1e-5)
+
+
+def test_a_classifier_without_a_bias_is_refused() -> None:
+    model = timm.create_model("resnet10t", num_classes=3, channels=(8, 8, 8, 8), stem_width=8)
+    model.fc = nn.Linear(model.fc.in_features, 3, bias=False)
+    with pytest.raises(ValueError, match="bias"):
+        classifier_bias_key(model)
+
+
+def test_training_with_posthoc_adjustment_selects_and_saves_the_adjusted_model(fmnist_small_config, tmp_path: Path, train_config) -> None:
+    from training.train import train
+
+    config = train_config(fmnist_small_config(), tmp_path / "run", loss="ce", posthoc_adjust=True, epochs=2)
+    run_dir = train(config)
+    records = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
+    assert all(record["posthoc_tau"] in TAU_GRID for record in records)
+    assert all(record["val_error"] <= record["val_error_unadjusted"] for record in records)  # τ = 0 is in the grid
+    run = load_run(run_dir)
+    best = min(records, key=lambda record: record["val_error"])
+    assert run.checkpoint["posthoc_tau"] == best["posthoc_tau"] and run.checkpoint["val_error"] == best["val_error"]
+    # best.pt's model predicts with the adjusted logits: its plain validation error is the adjusted one
+    from training.data import build_splits
+    from training.loaders import TorchImageSet, make_loader
+    from training.runs import preprocess_config
+
+    splits = build_splits(config.data)
+    loader = make_loader(TorchImageSet(splits.val, preprocess_config(run.config.model, splits.in_chans), augment=False), 64, 0, 0, False, False)
+    wrong = seen = 0
+    with torch.inference_mode():
+        for batch in loader:
+            wrong += int((run.model(batch.images).argmax(1) != batch.labels).sum())
+            seen += len(batch.labels)
+    assert wrong / seen == pytest.approx(best["val_error"])
+    assert np.isfinite(run.checkpoint["val_error"])

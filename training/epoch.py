@@ -1,0 +1,117 @@
+"""One training epoch and the validation count, summed over the ranks under DDP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from training.distributed import sum_over_ranks, uneven_inputs
+from training.loaders import SkipLog
+from training.losses import ComposedLoss
+from training.posthoc import AdjustedErrors
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    loss: float
+    error: float
+    samples: int
+
+
+@dataclass(frozen=True)
+class ErrorCount:
+    """Top-1 mistakes among the images seen, summed over the ranks; per class when counted."""
+
+    wrong: int
+    seen: int
+    class_correct: tuple[int, ...] = ()
+    class_seen: tuple[int, ...] = ()
+    wrong_by_tau: tuple[int, ...] = ()  # under each post-hoc adjustment τ (training.posthoc), when counted
+
+    @property
+    def error(self) -> float:
+        return self.wrong / self.seen
+
+    @property
+    def class_accuracy(self) -> list[float]:
+        """Accuracy of each class (0 for a class with no image)."""
+        return [correct / seen if seen else 0.0 for correct, seen in zip(self.class_correct, self.class_seen)]
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: ComposedLoss,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    skips: SkipLog,
+    description: str,
+    show_progress: bool = True,
+) -> EpochResult:
+    """One pass over the loader; loss, error and sample count are those of all ranks together."""
+    model.train()
+    total_loss, wrong, seen = 0.0, 0, 0
+    progress = tqdm(loader, desc=description, unit="batch", leave=False, dynamic_ncols=True, disable=not show_progress)
+    with uneven_inputs(model):
+        for batch in progress:
+            skips.add(batch.skipped)
+            if batch.images is None or len(batch.labels) < 2:
+                continue
+            images = batch.images.to(device, non_blocking=True)
+            labels = batch.labels.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                logits = model(images)
+            loss = loss_fn(logits, labels)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{description}: the loss is {loss.item()} (lower --lr?)")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            total_loss += loss.item() * len(labels)
+            wrong += int((logits.argmax(dim=1) != labels).sum())
+            seen += len(labels)
+            progress.set_postfix(loss=f"{total_loss / seen:.4f}", error=f"{wrong / seen:.3f}")
+    total_loss, wrong, seen = sum_over_ranks([total_loss, wrong, seen], device)
+    if seen == 0:
+        raise RuntimeError(f"{description}: no readable training image")
+    return EpochResult(total_loss / seen, wrong / seen, int(seen))
+
+
+@torch.inference_mode()
+def top1_error(
+    model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype: torch.dtype | None, skips: SkipLog, n_classes: int = 0,
+    adjusted: AdjustedErrors | None = None,
+) -> ErrorCount:
+    """Top-1 mistakes of ``model`` over ``loader`` (per class for ``n_classes`` > 0, under each post-hoc τ for ``adjusted``),
+    summed over the ranks' shards (unreadable images are left out)."""
+    model.eval()
+    wrong, seen = 0, 0
+    class_correct, class_seen = np.zeros(n_classes, np.int64), np.zeros(n_classes, np.int64)
+    for batch in loader:
+        skips.add(batch.skipped)
+        if batch.images is None:
+            continue
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = model(batch.images.to(device, non_blocking=True))
+        right = logits.argmax(dim=1).cpu() == batch.labels
+        if adjusted is not None:
+            adjusted.add(logits, batch.labels)
+        wrong += int((~right).sum())
+        seen += len(batch.labels)
+        if n_classes:
+            class_correct += np.bincount(batch.labels[right].numpy(), minlength=n_classes)
+            class_seen += np.bincount(batch.labels.numpy(), minlength=n_classes)
+    by_tau = adjusted.wrong if adjusted is not None else []
+    totals = [int(value) for value in sum_over_ranks([wrong, seen, *class_correct, *class_seen, *by_tau], device)]
+    if totals[1] == 0:
+        raise RuntimeError("no readable validation image")
+    end = 2 + 2 * n_classes
+    return ErrorCount(totals[0], totals[1], tuple(totals[2 : 2 + n_classes]), tuple(totals[2 + n_classes : end]), tuple(totals[end:]))
