@@ -18,7 +18,6 @@ from app.contract.preprocess import (
     crops_for_plan,
     decode_crops,
     decode_image,
-    draft_scale,
     normalize,
     random_scaled_crop,
     resize_shorter_side,
@@ -208,25 +207,26 @@ def _full_resolution_crops(data: bytes, config: PreprocessConfig) -> np.ndarray:
     return np.stack([normalize(center_crop(resize_shorter_side(image, s, "bilinear"), config.input_size), config) for s in sizes])
 
 
-@pytest.mark.parametrize(("size", "scale"), [((640, 480), 1), ((1024, 768), 2), ((2048, 1536), 4), ((3000, 2000), 4)])
-def test_jpegs_decode_at_the_smallest_dct_scale_that_covers_the_largest_size(size, scale) -> None:
-    data = _photo(size)
-    assert draft_scale(size, 320) == scale
-    decoded = decode_image(data, 3, LIMIT, shorter_side=320)
-    assert decoded.size == tuple(-(-side // scale) for side in size)
-    assert min(decoded.size) >= 320
+@pytest.mark.parametrize(
+    ("size", "decoded"),
+    [((640, 480), (480, 360)), ((1024, 768), (512, 384)), ((2048, 1536), (512, 384)), ((3000, 2000), (750, 500))],
+)
+def test_jpegs_decode_at_the_smallest_scale_that_covers_the_largest_size(size, decoded) -> None:
+    # libjpeg-turbo's scales n/8 (3/4, 1/2, 1/4, 1/4 here); tests/test_decode_jpeg.py checks the choice in general
+    assert decode_image(_photo(size), 3, LIMIT, shorter_side=320).size == decoded
 
 
 @pytest.mark.parametrize("size", [(640, 480), (1024, 768), (2048, 1536)])
 def test_reduced_scale_crops_match_the_full_resolution_path_on_photos(size) -> None:
     # Tolerance, in 8-bit levels: libjpeg's scaled IDCT is another low-pass filter than the bilinear
-    # antialiasing of a full-size decode, so edges differ by a few levels; on average under one.
+    # antialiasing of a full-size decode, so edges differ by a few levels; on average under one (measured:
+    # means 0.44-0.73, 99th percentiles 3-7, the 7 at 640x480's 3/4 scale).
     data = _photo(size)
     new = _levels(decode_crops(data, [(PHOTO, PHOTO.sizes(tta=True))], LIMIT)[0], PHOTO)
     old = _levels(_full_resolution_crops(data, PHOTO), PHOTO)
     difference = np.abs(new - old)
     assert difference.mean() < 1.0
-    assert np.percentile(difference, 99) < 6.0
+    assert np.percentile(difference, 99) < 8.0
 
 
 def test_cropping_while_resizing_equals_resizing_then_cropping() -> None:
@@ -245,7 +245,8 @@ def test_reduced_scale_decoding_is_a_no_op_for_small_images(mode) -> None:
     for in_chans in (1, 3):
         plain = np.asarray(decode_image(data, in_chans, LIMIT))
         assert np.array_equal(np.asarray(decode_image(data, in_chans, LIMIT, shorter_side=36)), plain)
-    assert decode_image(encode(noise_image(5, (60, 60), mode), "JPEG"), 3, LIMIT, shorter_side=36).size == (60, 60)
+    just_covering = encode(noise_image(5, (40, 40), mode), "JPEG")  # 7/8 would give 35 < 36
+    assert decode_image(just_covering, 3, LIMIT, shorter_side=36).size == (40, 40)
 
 
 def test_the_pixel_limit_is_checked_on_the_full_size_before_a_reduced_decode() -> None:

@@ -1,10 +1,10 @@
 """The one definition of image preprocessing, shared by training, evaluation and serving.
 
-Only Pillow and NumPy: the service imports this module, and so do training's
-augmentation and evaluation, so what was evaluated is exactly what is served.
+Only Pillow, simplejpeg (libjpeg-turbo) and NumPy: the service imports this module, and
+so do training's augmentation and evaluation, so what was evaluated is exactly what is served.
 
 Pipeline: ``decode_image`` (bytes -> PIL image in the model's channel mode; a
-JPEG at the smallest DCT scale that still covers the largest resize size) ->
+JPEG at the smallest scale n/8 that still covers the largest resize size) ->
 ``tta_crops`` (resize the shorter side to each TTA size, centre-crop to the
 model input, normalise) -> float32 array ``[n_sizes, C, H, W]``. Each crop is
 resampled straight from the decoded image (``resized_crop``): only the pixels
@@ -19,6 +19,7 @@ from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from app.contract.errors import DomainError
@@ -100,14 +101,18 @@ def decode_image(data: bytes, in_chans: int, max_pixels: int, shorter_side: int 
     Applies EXIF orientation, takes the first frame of animations, composites
     transparency onto white and scales 16-bit/32-bit images to 8 bits. The pixel
     count is checked from the header, before any pixel is decoded. With
-    ``shorter_side``, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8)
-    whose shorter side is still at least ``shorter_side`` (``draft_scale``);
-    other formats and smaller images decode as they are.
+    ``shorter_side``, a greyscale or colour JPEG is decoded by libjpeg-turbo at the
+    smallest scale n/8 whose shorter side is still at least ``shorter_side``
+    (``decode_jpeg_scaled``); a CMYK JPEG at Pillow's DCT scale (1/2, 1/4, 1/8,
+    ``draft_scale``); other formats and smaller images decode as they are.
     """
     try:
         image = Image.open(io.BytesIO(data))
         check_pixels(*image.size, max_pixels)
         image.seek(0)
+        scaled = decode_jpeg_scaled(data, image, shorter_side)
+        if scaled is not None:
+            return to_model_mode(scaled, in_chans)
         if shorter_side is not None and draft_scale(image.size, shorter_side) > 1:
             image.draft(image.mode, (shorter_side, shorter_side))  # same mode: only the scale changes
         image.load()
@@ -121,6 +126,32 @@ def decode_image(data: bytes, in_chans: int, max_pixels: int, shorter_side: int 
         raise ImageDecodeError("cannot decode image: not a format Pillow recognises (JPEG, PNG, WebP, GIF, BMP, TIFF, ...)") from exc
     except Exception as exc:  # crafted files make Pillow raise struct.error, IndexError, ... too
         raise ImageDecodeError(f"cannot decode image: {type(exc).__name__}: {exc}") from exc
+
+
+def decode_jpeg_scaled(data: bytes, header: Image.Image, shorter_side: int | None) -> Image.Image | None:
+    """``data`` decoded by libjpeg-turbo at the smallest scale n/8 whose shorter side (rounded up) is still
+    at least ``shorter_side``, EXIF orientation applied; None where Pillow decodes it instead.
+
+    ``header``: ``data`` opened by Pillow, not loaded. Only greyscale and colour JPEGs, in their own mode
+    ("L" or "RGB", as Pillow decodes them), so the pixels are Pillow's wherever the scale is the same.
+    """
+    # Also at scale 1: Pillow's pixels exactly, as fast at 640x480 and 25-29% less CPU on 28x28 JPEGs.
+    if shorter_side is None or header.format != "JPEG" or header.mode not in ("L", "RGB"):
+        return None
+    width, height = header.size
+    try:
+        pixels = simplejpeg.decode_jpeg(
+            data,
+            colorspace="GRAY" if header.mode == "L" else "RGB",
+            min_height=shorter_side if height <= width else 0,
+            min_width=shorter_side if width < height else 0,
+        )
+    except ValueError:  # libjpeg-turbo stops at any warning: Pillow refuses truncated files but tolerates some
+        return None
+    image = Image.fromarray(pixels[:, :, 0] if header.mode == "L" else pixels)
+    image.info.update(header.info)  # the EXIF (or XMP) orientation that exif_transpose reads, as on Pillow's path
+    ImageOps.exif_transpose(image, in_place=True)
+    return image
 
 
 def draft_scale(size: tuple[int, int], shorter_side: int) -> int:

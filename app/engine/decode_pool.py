@@ -2,7 +2,7 @@
 
 A few hundred KB of crafted image can cost seconds to minutes of CPU inside a
 decoder, and a thread stuck in C code cannot be interrupted. Each job runs in
-a worker process (``app.engine.decode_worker``, Pillow and NumPy only); when
+a worker process (``app.engine.decode_worker``, Pillow, simplejpeg and NumPy only); when
 it has not answered within ``timeout_s`` the process is killed, a fresh one
 takes its place and the caller gets ``DecodeTimeoutError``.
 

@@ -3,7 +3,7 @@
 Receives ``(bytes, crop plan, max_pixels)`` jobs on the socket and answers
 ``("shared", layout, seconds)`` with the crops written into the shared buffer,
 ``("ok", crops, seconds)`` with the crops pickled when they do not fit in it,
-or ``("error", exception)``. Imports Pillow and NumPy only (``app.contract.preprocess``).
+or ``("error", exception)``. Imports Pillow, simplejpeg and NumPy only (``app.contract.preprocess``).
 Started by ``app.engine.decode_pool``, which kills it when a job takes too long.
 """
 
