@@ -178,3 +178,10 @@ def test_the_pixel_limit_refuses_a_huge_header_before_decoding(no_simplejpeg) ->
     with pytest.raises(ImageTooLargeError, match="60000x60000"):
         decode_image(bytes(data), 3, LIMIT, 256)
     assert time.perf_counter() - started < 0.5
+
+
+@pytest.mark.parametrize("size, shorter_side, expected", [((57, 57), 36, (57, 57)), ((100, 80), 36, (50, 40)), ((600, 450), 36, (75, 57))])
+def test_small_inputs_decode_only_at_pillows_scales(size, shorter_side, expected) -> None:
+    """Under FINE_SCALES_FROM the n/8 scales between 1, 1/2, 1/4 and 1/8 are not used (they blur small products)."""
+    assert shorter_side < preprocess.FINE_SCALES_FROM
+    assert decode_image(photo(size), 3, LIMIT, shorter_side).size == expected
