@@ -12,7 +12,7 @@ REPOSITORY=${1:-models}
 RUNS=${RUNS:-runs/default}
 EPOCHS=${EPOCHS:-5}
 # The recommended recipe (docs/results.md, "The recommended recipe"): its `productrec train` options
-read -r -a RECIPE <<< "${RECIPE:---loss bsce-la --posthoc-adjust}"
+read -r -a RECIPE <<< "${RECIPE:---loss bsce --posthoc-adjust}"
 # Extra `productrec train` options, e.g. CI's tiny ensemble: TRAIN_ARGS="--max-per-class 60 --test-per-class 10"
 read -r -a TRAIN_ARGS <<< "${TRAIN_ARGS:---test-per-class 300}"
 PRODUCTREC=${PRODUCTREC:-.venv/bin/productrec}  # e.g. another checkout's venv

@@ -18,6 +18,14 @@ def _mean(cells: dict[str, Any], setting: str, loss: str, key: str = "top1_error
     return cell[key]["mean"] if cell else None
 
 
+def _padded(curves: list[list[dict[str, Any]]], key: str) -> np.ndarray:
+    """``[runs, epochs]`` of ``key``, NaN after a run's last epoch (runs stop at different epochs)."""
+    out = np.full((len(curves), max(len(curve) for curve in curves)), np.nan)
+    for row, curve in zip(out, curves):
+        row[: len(curve)] = [record.get(key) if record.get(key) is not None else np.nan for record in curve]
+    return out
+
+
 def memorisation_lines(numbers: dict[str, Any]) -> list[str]:
     """Whether plain ce memorises within the budget: its validation error after its best epoch, its training error against the noise rate."""
     lines = []
@@ -25,15 +33,18 @@ def memorisation_lines(numbers: dict[str, Any]) -> list[str]:
         curves = [run["curves"] for run in numbers["runs"].values() if run["setting"] == setting and run["loss"] == BASELINE]
         if not curves:
             continue
-        val = np.array([[record["val_error"] for record in curve] for curve in curves])
-        train = np.array([[record["train_error"] for record in curve] for curve in curves])
-        zeta = np.array([[record.get("susceptibility") or np.nan for record in curve] for curve in curves], dtype=float)
-        best = int(np.argmin(val.mean(axis=0)))
+        val, train, zeta = (_padded(curves, key) for key in ("val_error", "train_error", "susceptibility"))
+        mean_val = np.nanmean(val, axis=0)
+        best = int(np.nanargmin(mean_val))
+        last_val = np.mean([curve[-1]["val_error"] for curve in curves])
+        last_train = np.mean([curve[-1]["train_error"] for curve in curves])
+        after = zeta[:, best + 1 :]
         lines.append(
-            f"- ce on {SETTINGS[setting].title} (mean of {len(curves)} seeds): validation error lowest at epoch {best + 1} "
-            f"({val.mean(axis=0)[best]:.3f}), {val.mean(axis=0)[-1]:.3f} at the last epoch; training error against the noisy labels "
-            f"{train.mean(axis=0)[best]:.3f} → {train.mean(axis=0)[-1]:.3f} (noise rate {SETTINGS[setting].noise_rate:.2f}); "
-            f"ζ {np.nanmean(zeta[:, : best + 1]):.3f} up to the best epoch, {np.nanmean(zeta[:, best + 1 :]) if best + 1 < zeta.shape[1] else float('nan'):.3f} after it."
+            f"- ce on {SETTINGS[setting].title} (mean of {len(curves)} seeds, which stop after {min(map(len, curves))} to "
+            f"{max(map(len, curves))} epochs): validation error lowest at epoch {best + 1} ({mean_val[best]:.3f}), {last_val:.3f} at "
+            f"each run's last epoch; training error against the noisy labels {np.nanmean(train[:, best]):.3f} → {last_train:.3f} "
+            f"(noise rate {SETTINGS[setting].noise_rate:.2f}); ζ {np.nanmean(zeta[:, : best + 1]):.3f} up to the best epoch, "
+            f"{np.nanmean(after) if np.isfinite(after).any() else float('nan'):.3f} after it."
         )
     return lines
 
@@ -101,9 +112,10 @@ def discussion(numbers: dict[str, Any]) -> list[str]:
         )
     lines += [
         "",
-        "Limits of this table: 10 classes of 28×28 images with synthetic noise; a 0.3 M-parameter network from scratch for 15 epochs "
-        "without augmentation; the defaults are the papers' (chosen for CIFAR/ImageNet schedules of 200 epochs), untuned here, so a "
-        "method that needs tuning (LogitClip's τ, ABSGD's λ, the α-loss's α) may be under-served; 1,000 test images per run, so one "
-        "image is 0.1 point, and the tail third is three classes.",
+        f"Limits of this table: 10 classes of 28×28 images with synthetic noise; a 0.3 M-parameter network from scratch for at most "
+        f"{numbers['recipe']['epochs']} epochs without augmentation; the defaults are the papers' (chosen for CIFAR/ImageNet schedules "
+        "of 200 epochs), untuned here, so a method that needs tuning (LogitClip's τ, ABSGD's λ, the α-loss's α) may be under-served; "
+        f"{(numbers['recipe']['test_per_class'] or 1000) * 10:,} test images per run, so one image is "
+        f"{100 / ((numbers['recipe']['test_per_class'] or 1000) * 10):.2g} point, and the tail third is three classes.",
     ]
     return lines

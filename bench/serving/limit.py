@@ -6,6 +6,7 @@ import os
 import statistics
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
 import numpy as np
@@ -22,8 +23,9 @@ LIMIT_REPLAYS = 2  # the limit of each round is the fastest of this many replays
 class Limit:
     """Raw onnxruntime on pre-computed crops: ``Ensemble.member_probabilities``, nothing else."""
 
-    def __init__(self, ensemble: Ensemble, photos: Sequence[bytes], settings: Settings) -> None:
+    def __init__(self, ensemble: Ensemble, photos: Sequence[bytes], settings: Settings, parallel: Ensemble | None = None) -> None:
         self.ensemble = ensemble
+        self.parallel = parallel  # single-thread sessions for ``run_parallel``
         self.tta = settings.tta
         plan = ensemble.crop_plan(self.tta)
         self._next = 0
@@ -50,6 +52,16 @@ class Limit:
             self.ensemble.member_probabilities(batch, self.tta)
             on_batch(len(batch))
         return time.perf_counter() - started, time.process_time() - started_cpu
+
+
+    def run_parallel(self, schedule: Sequence[int]) -> float:
+        """Wall seconds of the same batches on ``parallel``, one call per core at a time: the limit when
+        one session's threads wait for each other (small per-operator work) and independent calls do not."""
+        batches = [self.images(size) for size in schedule]
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            started = time.perf_counter()
+            list(pool.map(lambda batch: self.parallel.member_probabilities(batch, self.tta), batches))
+            return time.perf_counter() - started
 
 
 def session_variants(settings: Settings) -> dict[str, tuple[int, bool]]:
