@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPOSITORY=${1:-models}
 RUNS=${RUNS:-runs/default}
-EPOCHS=${EPOCHS:-5}
+EPOCHS=${EPOCHS:-10}
 # The recommended recipe (docs/results.md, "The recommended recipe"): its `productrec train` options
 read -r -a RECIPE <<< "${RECIPE:---loss bsce --posthoc-adjust}"
 # Extra `productrec train` options, e.g. CI's tiny ensemble: TRAIN_ARGS="--max-per-class 60 --test-per-class 10"
@@ -29,7 +29,7 @@ build_member() {
     [ -f "$run/last.pt" ] && resume=(--resume)  # continues an interrupted run; a finished one returns at once
     "$PRODUCTREC" train --model "$model" --model-kwargs "$QUARTER" "stem_width=$stem_width" "${RECIPE[@]}" \
         --imbalance-ratio 100 --noise-rate 0.4 --noise-type symmetric \
-        --epochs "$EPOCHS" --lr 0.05 --patience 1 --min-lr 5e-4 --batch-size 64 --workers 1 \
+        --epochs "$EPOCHS" --lr 0.05 --patience 2 --min-lr 5e-4 --batch-size 64 --workers 1 \
         --output "$run" "${TRAIN_ARGS[@]}" "${resume[@]}"
     echo "== $name: evaluate on the official test set"
     "$PRODUCTREC" evaluate "$run" --batch-size 256

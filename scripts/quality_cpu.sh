@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The CPU quality table (docs/results.md): every loss preset x 4 settings x 3 seeds, in two niced shards
+# The CPU quality table (docs/results.md): the table's rows (bench.quality.plan.TABLE_ROWS: presets, and presets with post-hoc
+# logit adjustment) x 4 settings x 3 seeds, in two niced shards
 # (resumable: finished runs are skipped, interrupted ones continue), then the report.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The larger version of the quality table on one GPU, in at most 8 minutes: full-width ResNet-18 at 64 px,
-# n_max 1000, 30 epochs, every loss preset x 4 settings x 3 seeds, in SHARDS processes side by side on the GPU
+# n_max 1000, 30 epochs, the table's rows (TABLE_ROWS) x 4 settings x 3 seeds, in SHARDS processes side by side on the GPU
 # (each starts no new run after RUN_MINUTES; a later invocation resumes what is missing), then its section of
 # docs/results.md ("GPU table", beside the CPU one) and bench/results/quality_gpu.json.
 # With $OUT set (the device machine), the report and the logs are written under $OUT instead (run directories stay local).
