@@ -45,10 +45,10 @@ from training.distributed import (
     process_group,
     wrap_ddp,
 )
+from training.epoch import top1_error, train_one_epoch
 from training.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from training.loaders import SkipLog, TorchImageSet, make_loader
 from training.losses import create_loss
-from training.epoch import top1_error, train_one_epoch
 from training.memorisation import SusceptibilityMonitor
 from training.models import check_model_config, create_model, model_normalization
 from training.plots import plot_curves
