@@ -158,7 +158,8 @@ def recipe_text(recipe: dict[str, Any], runs: dict[str, Any], title: str) -> str
         f"a clean balanced validation split of {recipe['val_per_class']} images per class, {recipe['test_per_class'] or 1000} official test images per class; "
         f"data seed 0 (split, tail, noise), seeds 0-{recipe['seeds'] - 1} for initialisation and order.",
         f"- Why this size: measured on 2 quiet CPU cores, an epoch over these {example['train_images'] if example else '?'} images takes about "
-        f"{_epoch_seconds(runs):.1f} s, so a run is well under a minute and the table about 40 minutes in two shards. The earlier table "
+        f"{_epoch_seconds(runs):.1f} s, so a run takes {np.mean(train_s) if train_s else float('nan'):.0f} s of training and the "
+        f"table about {sum(train_s) / 2 / 60 if train_s else float('nan'):.0f} minutes in two shards. The earlier table "
         "(below, every preset) used n_max = 200, chosen on a machine shared with other jobs: there the three tail classes had 2 to 5 "
         "training images, almost all mislabelled under 40% noise, and the seed spread (±0.03) was as large as the differences between "
         f"losses. With n_max = {recipe['max_per_class']} the tail has {max(1, round(recipe['max_per_class'] / 100))} clean images a class and, "
