@@ -326,7 +326,7 @@ class TrainingRun:
         weights = {**self._metadata(), "model": self.model.state_dict(), "epoch": record["epoch"]}
         if improved:
             tau = record.get("posthoc_tau", 0.0)
-            best = adjusted_state_dict(weights["model"], self.bias_key, tau, self.log_prior) if tau else weights["model"]
+            best = adjusted_state_dict(weights["model"], self.bias_key, tau, self.log_prior)  # unchanged at τ = 0
             save_checkpoint(self.run_dir / BEST_CHECKPOINT, {**weights, "model": best, "val_error": record["val_error"], "posthoc_tau": tau})
         save_checkpoint(self.run_dir / LAST_CHECKPOINT, {
             **weights,
