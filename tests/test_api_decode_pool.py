@@ -218,3 +218,36 @@ def test_large_uploads_decode_one_after_another_under_uvloop() -> None:
     for result in decoded:
         for got, want in zip(result.crops, expected):
             np.testing.assert_array_equal(got, want)
+
+
+def test_a_worker_waiting_for_a_core_is_not_charged_for_it(via) -> None:
+    """Stopped (as a starved process is) for 4x the budget, the worker still decodes the image once it runs."""
+    restarts: list[int] = []
+    budget = policy(timeout_base_s=0.2, timeout_per_mpixel_s=0.0)
+    with DecodePool(1, timeout_s=10, on_restart=lambda: restarts.append(1), policy=budget) as pool:
+        (pid,) = pool.pids
+        data = encode(noise_image(3))
+        with ThreadPoolExecutor(1) as thread:
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                pending = thread.submit(via, pool, data, PLAN, MAX_PIXELS)
+                time.sleep(0.8)
+                assert not pending.done()
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            decoded = pending.result(timeout=10)
+        np.testing.assert_array_equal(decoded.crops[0], decode_crops(data, PLAN, MAX_PIXELS)[0])
+        assert pool.pids == [pid] and restarts == []
+
+
+def test_a_worker_hanging_without_using_cpu_is_killed_at_the_cap(via) -> None:
+    budget = policy(timeout_base_s=0.2, timeout_per_mpixel_s=0.0)
+    with DecodePool(1, timeout_s=1.0, policy=budget) as pool:
+        (pid,) = pool.pids
+        os.kill(pid, signal.SIGSTOP)
+        started = time.perf_counter()
+        with pytest.raises(DecodeTimeoutError):
+            via(pool, encode(noise_image(4)), PLAN, MAX_PIXELS)
+        assert 0.9 < time.perf_counter() - started < 5.0  # the wall-clock cap, not the 0.2 s CPU budget
+        assert pool.pids != [pid]
+        assert via(pool, encode(noise_image(5)), PLAN, MAX_PIXELS).crops[0].shape == (2, 1, 16, 16)

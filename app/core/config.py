@@ -123,14 +123,15 @@ class Settings(BaseSettings):
     decode_timeout_s: float = Field(
         10.0,
         gt=0,
-        description="Hard cap on the time one image may take to decode and crop before it is refused (422); "
-        "each image's own budget is decode_timeout_base_s + decode_timeout_per_mpixel_s x its megapixels, "
-        "never more than this.",
+        description="Hard cap on the wall-clock time one image may take to decode and crop before it is refused "
+        "(422); each image's own budget, in the decode worker's CPU seconds, is decode_timeout_base_s + "
+        "decode_timeout_per_mpixel_s x its megapixels, never more than this (time spent waiting for a core "
+        "on a busy machine is not charged to it).",
     )
 
     # Decoder bombs (issue 16): header checks before decoding, a time budget per image, a lane for large images.
     decode_timeout_base_s: float = Field(
-        0.5, gt=0, description="Decode time budget of any image, plus decode_timeout_per_mpixel_s per megapixel."
+        0.5, gt=0, description="Decode CPU-time budget of any image, plus decode_timeout_per_mpixel_s per megapixel."
     )
     decode_timeout_per_mpixel_s: float = Field(
         0.15,

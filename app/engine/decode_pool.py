@@ -3,8 +3,9 @@
 A few hundred KB of crafted image can cost seconds to minutes of CPU inside a
 decoder, and a thread stuck in C code cannot be interrupted. Each job runs in
 a worker process (``app.engine.decode_worker``, Pillow, simplejpeg and NumPy only); when
-it has not answered within ``timeout_s`` the process is killed, a fresh one
-takes its place and the caller gets ``DecodeTimeoutError``.
+it has used up the image's budget (CPU seconds, ``app.engine.worker_clock``) or the
+wall-clock cap ``timeout_s``, the process is killed, a fresh one takes its place and
+the caller gets ``DecodeTimeoutError``.
 
 Workers are plain subprocesses talking over a socket pair, not
 ``multiprocessing`` children: no fork of the threaded service process, and no
@@ -49,6 +50,7 @@ from app.contract.image_cost import CostLimits, inspect_image
 from app.contract.preprocess import CropPlan, check_pixels
 from app.core.config import Settings
 from app.engine.decode_worker import READY, CropBuffer
+from app.engine.worker_clock import CpuClock, JobClock
 
 log = logging.getLogger("productrec.decode")
 
@@ -161,6 +163,7 @@ class _Worker:
                 stdin=subprocess.DEVNULL,
             )
         self.connection = Connection(ours.detach())
+        self.cpu = CpuClock(self.process.pid)
         self.ready = False
 
     def crops(self, answer: tuple) -> list[np.ndarray]:
@@ -189,6 +192,7 @@ class _Worker:
             self.process.kill()
             self.process.wait()
         self.connection.close()
+        self.cpu.close()
         if self.buffer is not None:
             self.buffer.close()
 
@@ -320,9 +324,14 @@ class DecodePool:
             checkout = _Checkout(self._idle.take())
             try:
                 self._revive(checkout)
-                checkout.worker.wait_ready()
-                checkout.worker.connection.send(_job(data, plan, max_pixels))
-                return self._result(checkout, checkout.worker.connection.poll(admitted.budget_s), admitted)
+                worker = checkout.worker
+                worker.wait_ready()
+                clock = self._clock(worker, admitted)
+                worker.connection.send(_job(data, plan, max_pixels))
+                answered = worker.connection.poll(admitted.budget_s)
+                while not answered and (more_s := clock.more_s()) > 0:
+                    answered = worker.connection.poll(more_s)
+                return self._result(checkout, answered, admitted)
             except (EOFError, OSError) as exc:
                 raise self._crashed(checkout, exc) from exc
             finally:
@@ -348,12 +357,15 @@ class DecodePool:
                 worker = checkout.worker
                 if not worker.ready:
                     await asyncio.to_thread(worker.wait_ready)
-                job = _job(data, plan, max_pixels)
+                job, clock = _job(data, plan, max_pixels), self._clock(worker, admitted)
                 if len(data) > INLINE_SEND_BYTES:
                     await asyncio.to_thread(worker.connection.send, job)
                 else:
                     worker.connection.send(job)
-                return self._result(checkout, await _readable(worker.connection, admitted.budget_s), admitted)
+                answered = await _readable(worker.connection, admitted.budget_s)
+                while not answered and (more_s := clock.more_s()) > 0:
+                    answered = await _readable(worker.connection, more_s)
+                return self._result(checkout, answered, admitted)
             except (EOFError, OSError) as exc:
                 raise self._crashed(checkout, exc) from exc
             finally:
@@ -391,6 +403,10 @@ class DecodePool:
         """Replace a worker that died while idle (e.g. the OOM killer): not this image's fault."""
         if checkout.worker.process.poll() is not None:
             checkout.worker = self._replace(checkout.worker, f"exited with status {checkout.worker.process.returncode}")
+
+    def _clock(self, worker: _Worker, admitted: Admission) -> JobClock:
+        """The clock of a job about to be sent: its budget in the worker's CPU seconds, the cap in wall seconds."""
+        return JobClock(worker.cpu, admitted.budget_s, self.timeout_s)
 
     def _result(self, checkout: _Checkout, answered: bool, admitted: Admission) -> DecodedCrops:
         """The crops of the worker's answer; a worker that did not answer in time is replaced."""
