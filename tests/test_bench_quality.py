@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.quality.cli import parse_args
-from bench.quality.collect import choose_recipe
+from bench.quality.collect import choose_recipe, images_tested_per_run
 from bench.quality.plan import LOSSES, POSTHOC, SETTINGS, TABLE_ROWS, plan, recipe_of
 from bench.quality.report import markers, write_report
 from training.loss_registry import LOSS_PRESETS
@@ -99,8 +99,16 @@ def test_report_tables_plots_and_missing_cells_keep_the_rest_of_results_md(tmp_p
     text = (docs / "results.md").read_text()
     assert "| la | **0.3100 ± 0.0100** |" in text and "| ce | 0.4050 ± 0.0071 (n=2) |" in text
     assert "`sym40/ce/seed2`" in text and "productrec train --loss la" in text and "It **meets** the bar" in text
+    assert "1,000 official test images per run" in text and "1,000 test images per run, so one image is 0.1 point" in text
     assert text.endswith("# Calibration and average-k\n\nkept as it is\n") and text.count(markers("CPU")[0]) == 1
     write_report(root, plan(3), args)  # a second report replaces its own section only
     assert (docs / "results.md").read_text() == text
     for image in ("quality_cpu_per_class_error.png", "quality_cpu_training_curves.png", "quality_cpu_susceptibility.png"):
         assert (docs / "img" / image).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_runs_tested_on_different_shares_of_the_test_set_are_not_compared() -> None:
+    runs = {"a": {"test_images": 1000}, "b": {"test_images": 10000}}
+    with pytest.raises(ValueError, match="evaluate them again alike"):
+        images_tested_per_run(runs)
+    assert images_tested_per_run({"a": {"test_images": 1000}}) == 1000 and images_tested_per_run({}) is None

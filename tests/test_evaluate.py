@@ -14,6 +14,7 @@ from app.engine.ensemble import Ensemble
 from app.contract.manifest import read_repository
 from training.evaluate import (
     TTA,
+    DataSource,
     TorchMember,
     class_groups,
     evaluate_ensemble,
@@ -85,3 +86,13 @@ def test_evaluate_command_on_a_repository(trained_repository: Path, tmp_path: Pa
     report = json.loads(out.read_text())
     assert report["source"] == {"repository": str(trained_repository)} and "memorisation" not in report["ensemble"]
     assert (tmp_path / "report_per_class.png").stat().st_size > 0
+
+
+def test_another_share_of_the_test_set_is_evaluated_without_a_data_warning(
+    trained_repository: Path, fmnist_small_config, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``evaluate --test-per-class``: fewer (or all) official test images; the trained data still matches its fingerprint."""
+    half = fmnist_small_config().test_per_class // 2
+    with caplog.at_level("WARNING", logger="productrec"):
+        report = evaluate_ensemble(Ensemble.load(trained_repository, "cpu"), DataSource(test_per_class=half), 64, False)
+    assert report["test_images"] == 10 * half and "fingerprint" not in caplog.text

@@ -206,12 +206,21 @@ class DataSource:
 
     fmnist_dir: str | None = None
     test_dataset: str | None = None
+    test_per_class: int | None = None  # another share of the benchmark's official test set (0: all of it)
 
-    def config(self, train_config: dict[str, Any]) -> DataConfig:
+    def trained_config(self, train_config: dict[str, Any]) -> DataConfig:
+        """The data the model was trained and tested on, where it is now."""
         data = DataConfig(**train_config["data"])
         return dataclasses.replace(
             data, fmnist_dir=self.fmnist_dir or data.fmnist_dir, test_dataset=self.test_dataset or data.test_dataset
         )
+
+    def config(self, train_config: dict[str, Any]) -> DataConfig:
+        """The data to evaluate on: the trained data, with the test share given here."""
+        data = self.trained_config(train_config)
+        if self.test_per_class is None:
+            return data
+        return dataclasses.replace(data, test_per_class=self.test_per_class or None)
 
 
 class SplitCache:
@@ -241,8 +250,8 @@ def evaluate_ensemble(
     splits = cache.get(configs[0])
     if splits.test is None:
         raise ValueError("the training data has no test split; pass --test-dataset")
-    for manifest, config in zip(manifests, configs):
-        fingerprint = cache.get(config).fingerprint
+    for manifest in manifests:
+        fingerprint = cache.get(source.trained_config(manifest.train_config)).fingerprint
         if manifest.data_fingerprint and fingerprint != manifest.data_fingerprint:
             log.warning("%s: the data rebuilt from its config has another fingerprint than the one it was trained on", manifest.name)
     n_classes = ensemble.num_classes
@@ -387,7 +396,7 @@ def main(args: argparse.Namespace) -> int:
                 ensemble, runs = load_runs_ensemble([Path(run_dir) for run_dir in args.run_dirs], args.device)
         except ProviderUnavailableError as exc:
             raise CommandError(str(exc)) from exc
-        report = evaluate_ensemble(ensemble, DataSource(args.fmnist_dir, args.test_dataset), args.batch_size, args.memorisation)
+        report = evaluate_ensemble(ensemble, DataSource(args.fmnist_dir, args.test_dataset, args.test_per_class), args.batch_size, args.memorisation)
     report["source"] = {"repository": args.repository} if args.repository else {"run_dirs": [str(run.run_dir) for run in runs]}
     for run, member in zip(runs, ensemble.members):
         write_json(run.run_dir / TEST_METRICS_FILE, run_test_metrics(report, member.manifest.name, run.run_dir / BEST_CHECKPOINT))

@@ -11,7 +11,7 @@ from typing import Sequence
 import bench.quality
 from bench import REPO
 from bench.quality.plan import LOSSES, SETTINGS, TABLE_ROWS, plan, recipe_of
-from bench.quality.run import run_all
+from bench.quality.run import reevaluate_all, run_all
 
 # The CPU table's recipe, chosen by measurement on 2 shared cores (docs/results.md, "Recipe and budget").
 QUARTER_RESNET10T = ["channels=(16, 32, 64, 128)", "stem_width=16"]
@@ -32,6 +32,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stop-after-minutes", type=float, help="start no new run after this many minutes (the next invocation continues)")
     parser.add_argument("--report", action="store_true", help="write the report after the runs")
     parser.add_argument("--report-only", action="store_true", help="only write the report from the finished runs")
+    parser.add_argument("--reevaluate", action="store_true", help="evaluate the finished runs again (e.g. with another --test-per-class), train nothing")
     parser.add_argument("--title", default="CPU", help="the table's name in the report (e.g. GPU for the larger version)")
     parser.add_argument("--docs", type=Path, default=REPO / "docs", help="where results.md and img/ go")
     parser.add_argument("--results", type=Path, default=REPO / "bench/results/quality.json", help="all numbers as JSON")
@@ -46,7 +47,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     recipe.add_argument("--batch-size", type=int, default=32)
     recipe.add_argument("--max-per-class", type=int, default=1000, help="n_max of the long tail (0: all that remain after validation)")
     recipe.add_argument("--val-per-class", type=int, default=30)
-    recipe.add_argument("--test-per-class", type=int, default=100, help="official test images per class (0: all 1,000)")
+    recipe.add_argument("--test-per-class", type=int, default=0, help="official test images per class (0: all 1,000)")
     recipe.add_argument("--workers", type=int, default=0)
     recipe.add_argument("--input-size", type=int, default=28, help="model input side (the GPU table: 64)")
     recipe.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False, help="random scaled crops and flips (off: memorisation shows within the budget)")
@@ -59,11 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = args.root.resolve()
     specs = plan(args.seeds, tuple(args.losses), tuple(args.settings))
+    index, count = map(int, args.shard.split("/"))
     if not args.report_only:
         import torch
 
         torch.set_num_threads(args.threads)
-        index, count = map(int, args.shard.split("/"))
+    if args.reevaluate:
+        reevaluate_all(root, recipe_of(args), specs[index::count])
+    elif not args.report_only:
         deadline = None if args.stop_after_minutes is None else time.time() + 60 * args.stop_after_minutes
         run_all(root, recipe_of(args), specs[index::count], args.resume, deadline)
     if args.report or args.report_only:

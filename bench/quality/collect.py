@@ -144,3 +144,12 @@ def training_class_sizes(run_dir: Path) -> dict[str, list[Any]]:
     noisy = np.bincount(train.labels, minlength=len(labels))
     correct = np.bincount(train.labels[train.labels == train.clean_labels], minlength=len(labels))
     return {"label_names": labels, "clean": clean.tolist(), "noisy": noisy.tolist(), "label_noise": (1 - correct / np.maximum(noisy, 1)).tolist()}
+
+
+def images_tested_per_run(runs: dict[str, dict[str, Any]]) -> int | None:
+    """The test images every run was evaluated on (None: none finished; ValueError: they differ)."""
+    counts = {run["test_images"] for run in runs.values()}
+    if len(counts) > 1:
+        raise ValueError(f"the runs were tested on different numbers of images ({sorted(counts)}): evaluate them again alike")
+    return next(iter(counts), None)
+

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.quality.collect import images_tested_per_run
 from bench.quality.plan import BASELINE, MAIN, SETTINGS
 from training.loss_registry import LOSS_PRESETS, resolve_start
 
@@ -110,12 +111,12 @@ def discussion(numbers: dict[str, Any]) -> list[str]:
             "ce's ζ rises after its best epoch, as its training error falls below the noise rate (first points). ζ needs no clean "
             "labels, so it is the signal available on real catalogues; its per-epoch values are noisy (one random batch), hence the running mean."
         )
+    test_images = images_tested_per_run(numbers["runs"]) or 0
     lines += [
         "",
         f"Limits of this table: 10 classes of 28×28 images with synthetic noise; a 0.3 M-parameter network from scratch for at most "
         f"{numbers['recipe']['epochs']} epochs without augmentation; the defaults are the papers' (chosen for CIFAR/ImageNet schedules "
         "of 200 epochs), untuned here, so a method that needs tuning (LogitClip's τ, ABSGD's λ, the α-loss's α) may be under-served; "
-        f"{(numbers['recipe']['test_per_class'] or 1000) * 10:,} test images per run, so one image is "
-        f"{100 / ((numbers['recipe']['test_per_class'] or 1000) * 10):.2g} point, and the tail third is three classes.",
+        f"{test_images:,} test images per run, so one image is {100 / max(test_images, 1):.2g} point, and the tail third is three classes.",
     ]
     return lines

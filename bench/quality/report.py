@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from bench.quality.collect import CLEAN_TOLERANCE, REQUIRED_GAIN, collect
+from bench.quality.collect import CLEAN_TOLERANCE, REQUIRED_GAIN, collect, images_tested_per_run
 from bench.quality.discussion import discussion
 from bench.quality.plan import MAIN, NOISY_40, SETTINGS, Spec, recipe_of, row_summary, row_words
 from bench.quality.plot import plot_per_class, plot_susceptibility_vs_memorisation, plot_training_curves
@@ -155,7 +155,7 @@ def recipe_text(recipe: dict[str, Any], runs: dict[str, Any], title: str) -> str
         f"epochs without a lower validation error, at most {recipe['epochs']} epochs (a run stops once lr would fall below {recipe['min_lr']}); "
         "the best checkpoint by validation error is tested.",
         f"- Data: Fashion-MNIST-LT with n_max = {recipe['max_per_class']} ({example['train_images'] if example else '?'} training images at ρ = 100), "
-        f"a clean balanced validation split of {recipe['val_per_class']} images per class, {recipe['test_per_class'] or 1000} official test images per class; "
+        f"a clean balanced validation split of {recipe['val_per_class']} images per class, {images_tested_per_run(runs) or 0:,} official test images per run; "
         f"data seed 0 (split, tail, noise), seeds 0-{recipe['seeds'] - 1} for initialisation and order.",
         f"- Why this size: measured on 2 quiet CPU cores, an epoch over these {example['train_images'] if example else '?'} images takes about "
         f"{_epoch_seconds(runs):.1f} s, so a run takes {np.mean(train_s) if train_s else float('nan'):.0f} s of training and the "

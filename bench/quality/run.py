@@ -37,11 +37,28 @@ def train_and_evaluate(spec: Spec, root: Path, recipe: Recipe, resume: bool) -> 
     started = time.perf_counter()
     run_productrec("train", words)
     timing["train_s"] = timing.get("train_s", 0.0) + time.perf_counter() - started
+    evaluate(run_dir, recipe, timing)
+    return timing
+
+
+def evaluate(run_dir: Path, recipe: Recipe, timing: dict[str, float] | None = None) -> None:
+    """``productrec evaluate`` on the recipe's share of the test set; its wall time goes into the run's timing."""
+    timing_path = run_dir / TIMING_FILE
+    if timing is None:
+        timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
     started = time.perf_counter()
-    run_productrec("evaluate", [str(run_dir)])
+    run_productrec("evaluate", [str(run_dir), "--test-per-class", str(recipe.test_per_class or 0)])
     timing["evaluate_s"] = time.perf_counter() - started
     timing_path.write_text(json.dumps(timing, indent=2) + "\n")
-    return timing
+
+
+def reevaluate_all(root: Path, recipe: Recipe, specs: Sequence[Spec]) -> None:
+    """Evaluate every finished run again (another share of the test set, a changed evaluation), training nothing."""
+    from tqdm import tqdm
+
+    finished = [spec for spec in specs if is_finished(spec.run_dir(root))]
+    for spec in tqdm(finished, desc="evaluating again", unit="run", dynamic_ncols=True):
+        evaluate(spec.run_dir(root), recipe)
 
 
 def run_all(root: Path, recipe: Recipe, specs: Sequence[Spec], resume: bool, deadline: float | None) -> None:
