@@ -56,6 +56,16 @@ def preprocessing_cost(photos: Sequence[bytes], plan: list, repeats: int = 5, cr
     return cost
 
 
+def decoding_cost(photos: Sequence[bytes], plan: list, repeats: int = 5) -> dict[str, float]:
+    """``preprocessing_cost`` of the decoding alone, at the scale ``decode_crops`` decodes at for ``plan``: the
+    part no resizing or normalising can save, with this decoder, at the resolution the largest resize needs."""
+    from app.contract.preprocess import decode_image, largest_size, widest_in_chans
+
+    return preprocessing_cost(
+        photos, plan, repeats, crops=lambda data, plan: decode_image(data, widest_in_chans(plan), 10**9, largest_size(plan))
+    )
+
+
 def measure(app_root: Path | None) -> dict[str, dict[str, float]]:
     """Plain and TTA costs with ``app`` imported from ``app_root`` (default: this checkout)."""
     from bench.serving.photos import skimage_photos

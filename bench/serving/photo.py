@@ -12,6 +12,7 @@ Measured in one run (the ratios compare figures of the same run):
 - then rounds alternating ProductRec (its best layout), LitServe (its best), the same LitServe
   configuration given ProductRec's own ``decode_crops``, and the limit (raw onnxruntime on the same
   crops, at the batch sizes ProductRec formed) for the plain path, and ProductRec against the limit for TTA;
+  the server not being measured is stopped (SIGSTOP) meanwhile, since an idle LitServe still polls;
 - the tail: p50/p95/p99 at concurrency 64 on the small (default-ensemble-like) case.
 
 Photos: ``bench.serving.photos.skimage_photos`` (6 pictures x 640x480, 1024x768, 2048x1536, JPEG q90).
@@ -28,9 +29,10 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -38,7 +40,7 @@ from PIL import Image
 from app.engine.ensemble import Ensemble
 from bench import REPO
 from bench.litserve_peer import user_crops
-from bench.preprocess_cost import preprocessing_cost
+from bench.preprocess_cost import decoding_cost, preprocessing_cost
 from bench.serving.limit import Limit
 from bench.serving.load import LoadRound, batch_schedule, post_images
 from bench.serving.photos import PHOTO_SIZES, skimage_photos
@@ -129,6 +131,15 @@ def limit_round(limit: Limit, round_: LoadRound) -> float:
     return sum(schedule) / min(seconds)
 
 
+@contextmanager
+def paused(services: Iterable[Service]) -> Iterator[None]:
+    """Every one of ``services`` stopped for the block (``Service.paused``): only the server measured runs."""
+    with ExitStack() as stack:
+        for service in services:
+            stack.enter_context(service.paused())
+        yield
+
+
 def rounds(service: Service, limit: Limit, photos: Sequence[bytes], requests: int, count: int,
            peers: dict[str, Service] | None = None) -> dict:
     """``count`` rounds of ProductRec, each peer (name -> service) and the limit, alternating."""
@@ -136,15 +147,18 @@ def rounds(service: Service, limit: Limit, photos: Sequence[bytes], requests: in
     result: dict[str, list] = {"productrec": [], "limit": [], "latency": []}
     peer_rates: dict[str, list[float]] = {name: [] for name in peers}
     peer_latency: dict[str, list[float]] = {name: [] for name in peers}
-    load(service, photos, 2 * CONCURRENCY)
-    limit.run([CONCURRENCY])
+    with paused(peers.values()):
+        load(service, photos, 2 * CONCURRENCY)
+        limit.run([CONCURRENCY])
     for _ in range(count):
-        served = post_images(service.port, photos, CONCURRENCY, requests, 300, 600)
-        result["productrec"].append(len(served.replies) / served.wall_s)
-        result["latency"] += [reply.latency_s for reply in served.replies]
-        result["limit"].append(limit_round(limit, served))
+        with paused(peers.values()):
+            served = post_images(service.port, photos, CONCURRENCY, requests, 300, 600)
+            result["productrec"].append(len(served.replies) / served.wall_s)
+            result["latency"] += [reply.latency_s for reply in served.replies]
+            result["limit"].append(limit_round(limit, served))
         for name, peer_service in peers.items():
-            other = post_images(peer_service.port, photos, CONCURRENCY, requests, 300, 600, request=peer_request)
+            with paused([service, *(other for other in peers.values() if other is not peer_service)]):
+                other = post_images(peer_service.port, photos, CONCURRENCY, requests, 300, 600, request=peer_request)
             peer_rates[name].append(len(other.replies) / other.wall_s)
             peer_latency[name] += [reply.latency_s for reply in other.replies]
     point = {
@@ -193,6 +207,7 @@ def measure(args: argparse.Namespace) -> dict:
         "preprocess_cpu_ms": {"plain": preprocessing_cost(photos, plain_plan), "tta": preprocessing_cost(photos, tta_plan),
                               "plain_user": preprocessing_cost(photos, plain_plan, crops=user_crops),
                               "tta_user": preprocessing_cost(photos, tta_plan, crops=user_crops),
+                              "decode_plain": decoding_cost(photos, plain_plan), "decode_tta": decoding_cost(photos, tta_plan),
                               "decode_floor": decode_floor(photos)},
     }
     print("preprocessing CPU ms per photo:", json.dumps(results["preprocess_cpu_ms"]), flush=True)
@@ -208,7 +223,7 @@ def measure(args: argparse.Namespace) -> dict:
         peer_options = (plain_repo, best_peer["workers"], best_peer["threads"], best_peer["max_batch_size"], False)
         with productrec(plain_repo, {**layout, "tta": "false"}, scratch / "plain.log") as service:
             limit = Limit(Ensemble.from_settings(settings), photos, settings, single_thread_ensemble(settings))
-            with peer(*peer_options, scratch / "peer.log") as other:  # one peer up at a time: an idle one still polls
+            with peer(*peer_options, scratch / "peer.log") as other:  # one peer up at a time (paused while not measured)
                 results["plain"] = rounds(service, limit, photos, args.requests, args.rounds, {"litserve": other})
             print("plain:", json.dumps(results["plain"]), flush=True)
             with peer(*peer_options, scratch / "peer-service.log", preprocess="service") as other:

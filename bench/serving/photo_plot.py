@@ -45,9 +45,12 @@ def _preprocess(axis, results: dict) -> None:
     sizes = [size for size in cost["plain"] if size != "all"] + ["all"]
     width = 0.38
     for offset, path in ((-width / 2, "plain"), (width / 2, "tta")):
-        axis.bar([i + offset for i in range(len(sizes))], [cost[path][s] for s in sizes], width, label=path)
-        axis.axhline(PREPROCESS_TARGETS_MS[path], linestyle="--", linewidth=1,
-                     color="tab:blue" if path == "plain" else "tab:orange", label=f"target {path}")
+        color = "tab:blue" if path == "plain" else "tab:orange"
+        axis.bar([i + offset for i in range(len(sizes))], [cost[path][s] for s in sizes], width, label=path, color=color)
+        if f"decode_{path}" in cost:  # the part of each bar that is decoding, at the scale the resize needs
+            axis.bar([i + offset for i in range(len(sizes))], [cost[f"decode_{path}"][s] for s in sizes], width,
+                     fill=False, hatch="//", edgecolor="black", linewidth=0.5, label="its decoding" if path == "tta" else None)
+        axis.axhline(PREPROCESS_TARGETS_MS[path], linestyle="--", linewidth=1, color=color, label=f"target {path}")
     axis.axhline(cost["decode_floor"], color="black", linewidth=1, label="floor: 1/8-scale decode")
     axis.set_xticks(range(len(sizes)), sizes, fontsize=8)
     axis.set_ylabel("CPU ms per photo")

@@ -16,6 +16,7 @@ from bench.serving.report import _table
 BEGIN = "<!-- python -m bench.serving.photo_report: generated from here -->"
 END = "<!-- python -m bench.serving.photo_report: generated up to here -->"
 PATH_NAMES = {"plain": "plain (decode_crops)", "tta": "tta (decode_crops)",
+              "decode_plain": "plain, its decoding alone", "decode_tta": "tta, its decoding alone",
               "plain_user": "plain, as a LitServe user writes it", "tta_user": "tta, as a LitServe user writes it"}
 TARGETS = {"plain_over_litserve": 1.25, "tta_over_limit": 0.95, "tail_p99_over_p50": 3.0}
 
@@ -92,13 +93,26 @@ def _targets(results: dict) -> list[list[str]]:
         value = cost[path]["all"]
         rows.append([f"preprocessing, {path}, CPU ms per photo", f"<= {PREPROCESS_TARGETS_MS[path]}", f"{value:.2f}",
                      "met" if value <= PREPROCESS_TARGETS_MS[path] else
-                     f"not met: the mix is dominated by the 2048x1536 photos ({cost[path].get('2048x1536', float('nan')):.2f} ms), "
-                     f"and decoding at 1/8 scale alone, the entropy decoding every JPEG pays, costs {cost['decode_floor']:.2f} ms"])
+                     _preprocessing_verdict(cost, path)])
     if "tail" in results:
         ratio = results["tail"]["p99_over_p50"]
         rows.append(["small case c=64: p99 / p50", f"<= {TARGETS['tail_p99_over_p50']}", f"{ratio:.2f}",
                      "met" if ratio <= TARGETS["tail_p99_over_p50"] else "not met"])
     return rows
+
+
+def _preprocessing_verdict(cost: dict, path: str) -> str:
+    """Why a preprocessing target is missed: the decoding alone, at the scale the largest resize needs, against the rest."""
+    decoding = cost.get(f"decode_{path}")
+    if decoding is None:  # results of an older run
+        return f"not met: decoding at 1/8 scale alone costs {cost['decode_floor']:.2f} ms"
+    rest = cost[path]["all"] - decoding["all"]
+    if decoding["all"] >= PREPROCESS_TARGETS_MS[path]:
+        return (f"not met, bound: decoding alone at the scale the resize needs costs {decoding['all']:.2f} ms "
+                f"({decoding.get('2048x1536', float('nan')):.2f} ms for 2048x1536), over the target before any resizing "
+                f"(the rest: {rest:.2f} ms); at 1/8 scale, too small for the model, it would still cost {cost['decode_floor']:.2f} ms")
+    return (f"not met: decoding at the scale needed {decoding['all']:.2f} ms, resizing, cropping and normalising "
+            f"{rest:.2f} ms (Pillow's bicubic resample, once per size)")
 
 
 def markdown(results: dict, plot_path: Path, doc_path: Path) -> str:

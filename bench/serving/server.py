@@ -10,7 +10,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 from app.core.config import Settings
 from bench import REPO
@@ -113,6 +114,25 @@ class Service:
             except FileNotFoundError:
                 pass
         return pids
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """The server stopped (SIGSTOP; its whole group where it has one) and continued on exit: an idle
+        server that polls (LitServe's workers do) takes no CPU from the one being measured."""
+        self._signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self._signal(signal.SIGCONT)
+
+    def _signal(self, number: int) -> None:
+        try:
+            if self.own_group:
+                os.killpg(self.process.pid, number)
+            else:
+                self.process.send_signal(number)
+        except ProcessLookupError:
+            pass
 
     def stop(self) -> None:
         if self.process.poll() is None:
