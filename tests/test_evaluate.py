@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from app.cli import main as cli_main
-from app.contract.ranking import predict_top1, rank
 from app.engine.ensemble import Ensemble
 from app.contract.manifest import read_repository
 from training.evaluate import (

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from training.posthoc import TAU_GRID, AdjustedErrors, adjusted_state_dict, classifier_bias_key, log_prior
-from training.runs import BEST_CHECKPOINT, METRICS_FILE, load_run
+from training.runs import METRICS_FILE, load_run
 
 
 def test_log_prior_is_the_log_label_share_with_empty_classes_counted_once() -> None:
