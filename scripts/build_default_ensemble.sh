@@ -13,6 +13,9 @@ RUNS=${RUNS:-runs/default}
 EPOCHS=${EPOCHS:-20}  # chosen by validation: every member's best validation error fell from 10 to 16 to 20 epochs (docs/results.md)
 # The recommended recipe (docs/results.md, "The recommended recipe"): its `productrec train` options
 read -r -a RECIPE <<< "${RECIPE:---loss bsce --posthoc-adjust}"
+# Then class offsets fitted on the 5,000 validation images, kept by each member only if a cross-fit there lowers its
+# error (docs/results.md, "The default ensemble's class offsets"); a finished run gets them on --resume.
+read -r -a POSTHOC <<< "${POSTHOC:---posthoc-offsets}"
 # Extra `productrec train` options, e.g. CI's tiny ensemble: TRAIN_ARGS="--max-per-class 60 --test-per-class 10"
 read -r -a TRAIN_ARGS <<< "${TRAIN_ARGS:---test-per-class 300}"
 PRODUCTREC=${PRODUCTREC:-.venv/bin/productrec}  # e.g. another checkout's venv
@@ -27,7 +30,7 @@ build_member() {
     echo "== $name ($model): train"
     local resume=()
     [ -f "$run/last.pt" ] && resume=(--resume)  # continues an interrupted run; a finished one returns at once
-    "$PRODUCTREC" train --model "$model" --model-kwargs "$QUARTER" "stem_width=$stem_width" "${RECIPE[@]}" \
+    "$PRODUCTREC" train --model "$model" --model-kwargs "$QUARTER" "stem_width=$stem_width" "${RECIPE[@]}" "${POSTHOC[@]}" \
         --imbalance-ratio 100 --noise-rate 0.4 --noise-type symmetric \
         --epochs "$EPOCHS" --lr 0.05 --patience 2 --min-lr 5e-4 --batch-size 64 --workers 1 \
         --output "$run" "${TRAIN_ARGS[@]}" "${resume[@]}"

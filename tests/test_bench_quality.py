@@ -112,3 +112,24 @@ def test_runs_tested_on_different_shares_of_the_test_set_are_not_compared() -> N
     with pytest.raises(ValueError, match="evaluate them again alike"):
         images_tested_per_run(runs)
     assert images_tested_per_run({"a": {"test_images": 1000}}) == 1000 and images_tested_per_run({}) is None
+
+
+def test_an_offsets_row_resumes_a_copy_of_the_run_it_is_fitted_on_with_its_options(tmp_path: Path) -> None:
+    from bench.quality.plan import OFFSETS, Spec, row_words
+    from bench.quality.run import offsets_words
+
+    assert row_words("bsce+pla" + OFFSETS) == ["--loss", "bsce", "--posthoc-adjust", "--posthoc-offsets"]
+    assert row_words("la" + OFFSETS) == ["--loss", "la", "--posthoc-offsets"] and {"la" + OFFSETS, "bsce+pla" + OFFSETS} <= set(TABLE_ROWS)
+    root = tmp_path / "runs"
+    spec, base = Spec("sym40", "bsce+pla" + OFFSETS, 0), Spec("sym40", "bsce+pla", 0)
+    assert offsets_words(spec, root) is None  # the base run is not finished: the row trains as the recipe says
+    assert offsets_words(base, root) is None  # not an offsets row
+    fake_run(base.run_dir(root), 0.3, 0.3, True, {})
+    command = f"productrec train --loss bsce --posthoc-adjust --test-per-class 100 --output {base.run_dir(root)} --workers 0"
+    (base.run_dir(root) / "config.json").write_text(json.dumps({"data": {}, "command": command}))
+    run_dir = spec.run_dir(root)
+    expected = ["--loss", "bsce", "--posthoc-adjust", "--test-per-class", "100", "--workers", "0", "--posthoc-offsets", "--output", str(run_dir), "--resume"]
+    assert offsets_words(spec, root) == expected  # the base run's own options: its data, whatever the recipe says now
+    assert (run_dir / "best.pt").read_bytes() == (base.run_dir(root) / "best.pt").read_bytes()
+    assert not (run_dir / "test_metrics.json").exists()  # it is evaluated again once its offsets are fitted
+    assert offsets_words(spec, root) == expected  # an interrupted fit resumes the same way

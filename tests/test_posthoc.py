@@ -1,7 +1,8 @@
-"""Post-hoc logit adjustment: hand values of its parts, and a training run whose best.pt carries it."""
+"""Post-hoc logit adjustment and class offsets: hand values of their parts, and training runs whose best.pt carries them."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -12,8 +13,17 @@ import timm
 import torch
 from torch import nn
 
-from training.posthoc import TAU_GRID, AdjustedErrors, adjusted_state_dict, classifier_bias_key, log_prior
-from training.runs import METRICS_FILE, load_run
+from training.posthoc import (
+    TAU_GRID,
+    AdjustedErrors,
+    adjusted_state_dict,
+    class_offsets,
+    classifier_bias_key,
+    fit_class_offsets,
+    log_prior,
+    offset_state_dict,
+)
+from training.runs import BEST_CHECKPOINT, METRICS_FILE, POSTHOC_FILE, load_run
 
 
 def test_log_prior_is_the_log_label_share_with_empty_classes_counted_once() -> None:
@@ -83,3 +93,64 @@ def test_training_with_posthoc_adjustment_selects_and_saves_the_adjusted_model(f
             seen += len(batch.labels)
     assert wrong / seen == pytest.approx(best["val_error"])
     assert np.isfinite(run.checkpoint["val_error"])
+
+
+def shifted_logits(n: int, shift: list[float], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits whose labels are drawn from softmax(z), then reported as z + shift: the offsets to find are −shift."""
+    generator = torch.Generator().manual_seed(seed)
+    clean = 2 * torch.randn(n, len(shift), generator=generator)
+    labels = torch.multinomial(torch.softmax(clean, dim=1), 1, generator=generator).squeeze(1)
+    return clean + torch.tensor(shift), labels
+
+
+def test_fitted_offsets_undo_a_known_shift_of_the_logits() -> None:
+    shift = [2.0, 0.5, -1.0, -1.5]
+    logits, labels = shifted_logits(20000, shift)
+    offsets = fit_class_offsets(logits, labels)
+    expected = -torch.tensor(shift)
+    # softmax ignores a common constant: compare centred; the prior pulls each offset towards 0 by a hair at this size
+    assert torch.allclose(offsets - offsets.mean(), expected - expected.mean(), atol=0.08)
+
+
+def test_offsets_are_kept_only_when_the_cross_fit_makes_fewer_mistakes() -> None:
+    logits, labels = shifted_logits(4000, [3.0, 0.0, 0.0, -3.0])
+    fit = class_offsets(logits, labels)
+    assert fit.kept and fit.error_cross_fitted < fit.error_before and fit.val_error == fit.error_cross_fitted
+    assert fit.images == 4000 and len(fit.offsets) == 4 and fit.offsets[0] < 0 < fit.offsets[3]
+    perfect = class_offsets(logits, logits.argmax(dim=1))  # no mistake to remove: the logits stay as they are
+    assert not perfect.kept and perfect.error_before == 0 and perfect.val_error == 0
+
+
+def test_a_class_without_validation_images_gets_a_finite_offset() -> None:
+    logits, labels = shifted_logits(500, [0.0, 0.0, 0.0])
+    logits = torch.cat([logits, torch.zeros(len(labels), 1)], dim=1)  # a fourth class no image is labelled with
+    offsets = fit_class_offsets(logits, labels)
+    assert torch.isfinite(offsets).all() and offsets[3] < offsets[:3].min()
+
+
+def test_offsets_are_folded_into_the_classifier_bias() -> None:
+    model = timm.create_model("resnet10t", num_classes=3, channels=(8, 8, 8, 8), stem_width=8).eval()
+    state = model.state_dict()
+    folded = offset_state_dict(state, "fc.bias", [0.5, -1.0, 0.25])
+    images = torch.randn(2, 3, 32, 32)
+    raw = model(images)
+    model.load_state_dict(folded)
+    assert torch.allclose(model(images), raw + torch.tensor([0.5, -1.0, 0.25]), atol=1e-5)
+
+
+def test_training_with_class_offsets_folds_them_once_and_records_them(fmnist_small_config, tmp_path: Path, train_config) -> None:
+    from app.contract.manifest import sha256_file
+    from training.train import train
+
+    config = train_config(fmnist_small_config(), tmp_path / "run", loss="bce", posthoc_offsets=True, epochs=2)
+    run_dir = train(config)
+    record = json.loads((run_dir / POSTHOC_FILE).read_text())
+    run = load_run(run_dir)
+    assert run.checkpoint["val_error_before_offsets"] == pytest.approx(record["error_before"])
+    assert run.checkpoint["val_error"] == pytest.approx(record["val_error"])
+    assert run.checkpoint["posthoc_offsets"] == (record["offsets"] if record["kept"] else [])
+    assert record["val_error"] <= record["error_before"] and record["images"] > 0
+    # resuming the finished run fits nothing again: best.pt and the record stay as they are
+    digest = sha256_file(run_dir / BEST_CHECKPOINT)
+    train(dataclasses.replace(config, run=dataclasses.replace(config.run, resume=True)))
+    assert sha256_file(run_dir / BEST_CHECKPOINT) == digest and json.loads((run_dir / POSTHOC_FILE).read_text()) == record

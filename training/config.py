@@ -107,6 +107,12 @@ class LossConfig:
         metadata={"help": "post-hoc logit adjustment: predict with z − τ·log π (π: the training-label prior), τ in 0..4 chosen "
                   "each epoch on the validation split (its error then picks the best epoch); best.pt's classifier bias carries it"},
     )
+    posthoc_offsets: bool = field(
+        default=False,
+        metadata={"help": "post-hoc class offsets: after training, predict with z + b, one offset per class fitted on the validation "
+                  "split by penalised likelihood (Alexandari et al. 2020), kept only if a 2-fold cross-fit on validation makes "
+                  "fewer mistakes; best.pt's classifier bias carries it, posthoc.json records it. --resume of a finished run fits it"},
+    )
     loss_params: dict[str, Any] = field(
         default_factory=dict,
         metadata={

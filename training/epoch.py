@@ -115,3 +115,22 @@ def top1_error(
         raise RuntimeError("no readable validation image")
     end = 2 + 2 * n_classes
     return ErrorCount(totals[0], totals[1], tuple(totals[2 : 2 + n_classes]), tuple(totals[2 + n_classes : end]), tuple(totals[end:]))
+
+
+def collect_logits(
+    model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype: torch.dtype | None, skips: SkipLog
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[N, K]`` float32 logits (on the CPU) and ``[N]`` labels of ``model`` over ``loader``, unreadable images left out."""
+    model.eval()
+    logits, labels = [], []
+    with torch.inference_mode():
+        for batch in loader:
+            skips.add(batch.skipped)
+            if batch.images is None:
+                continue
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                logits.append(model(batch.images.to(device, non_blocking=True)).float().cpu())
+            labels.append(batch.labels)
+    if not labels:
+        raise RuntimeError("no readable validation image")
+    return torch.cat(logits), torch.cat(labels)

@@ -173,6 +173,8 @@ def run_manifest(run: TrainedRun, name: str, version: str) -> ModelManifest:
             "val_top1_error": run.checkpoint["val_error"],
             "best_epoch": run.checkpoint["epoch"],
             "posthoc_tau": run.checkpoint.get("posthoc_tau", 0.0),
+            **({"posthoc_offsets_kept": bool(run.checkpoint["posthoc_offsets"]), "val_top1_error_before_offsets": run.checkpoint["val_error_before_offsets"]}
+               if "posthoc_offsets" in run.checkpoint else {}),
             "noise_rate_realised": run.data.get("noise_rate_realised"),
             **run.test_metrics(),
         },

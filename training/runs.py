@@ -38,6 +38,7 @@ CURVES_FILE = "curves.png"
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
 TEST_METRICS_FILE = "test_metrics.json"
+POSTHOC_FILE = "posthoc.json"  # the class offsets fitted after training (--posthoc-offsets)
 
 
 def preprocess_config(model: ModelConfig, in_chans: int) -> PreprocessConfig:

@@ -45,14 +45,14 @@ from training.distributed import (
     process_group,
     wrap_ddp,
 )
-from training.epoch import top1_error, train_one_epoch
+from training.epoch import collect_logits, top1_error, train_one_epoch
 from training.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from training.loaders import SkipLog, TorchImageSet, make_loader
 from training.losses import create_loss
 from training.memorisation import SusceptibilityMonitor
 from training.models import check_model_config, create_model, model_normalization
 from training.plots import plot_curves
-from training.posthoc import AdjustedErrors, adjusted_state_dict, classifier_bias_key, log_prior
+from training.posthoc import AdjustedErrors, adjusted_state_dict, class_offsets, classifier_bias_key, log_prior, offset_state_dict
 from training.schedule import PlateauSchedule
 from training.runs import (
     BEST_CHECKPOINT,
@@ -61,6 +61,7 @@ from training.runs import (
     DATA_FILE,
     LAST_CHECKPOINT,
     METRICS_FILE,
+    POSTHOC_FILE,
     load_checkpoint,
     preprocess_config,
     save_checkpoint,
@@ -196,7 +197,7 @@ class TrainingRun:
             config.model.pretrained if pretrained else None, config.model.model_kwargs,
         )
         resolved = resolve_config(config, self.splits, model)
-        self.bias_key = classifier_bias_key(model) if config.loss.posthoc_adjust else ""
+        self.bias_key = classifier_bias_key(model) if config.loss.posthoc_adjust or config.loss.posthoc_offsets else ""
         self.model = convert_sync_bn(model.to(self.device), self.rank, config.distributed.sync_bn)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
@@ -338,6 +339,29 @@ class TrainingRun:
             "rng": rng_state(),
         })
 
+    def _fit_offsets(self) -> None:
+        """Fit the class offsets on best.pt's validation logits and fold them into its classifier bias, once per best.pt."""
+        path = self.run_dir / BEST_CHECKPOINT
+        best = load_checkpoint(path)
+        if "posthoc_offsets" in best:
+            log.info("%s already carries its class offsets (%s)", path, POSTHOC_FILE)
+            return
+        self.model.load_state_dict(best["model"])  # training is over: the model is free
+        run = self.config.run
+        loader = make_loader(TorchImageSet(self.splits.val, self.preprocess, augment=False), self.config.optim.batch_size * 2, run.workers, run.seed, False, False)
+        logits, labels = collect_logits(self.model, loader, self.device, self.amp_dtype, self.skips)
+        fit = class_offsets(logits, labels, seed=run.seed)
+        model = offset_state_dict(best["model"], self.bias_key, fit.offsets) if fit.kept else best["model"]
+        save_checkpoint(path, {
+            **best, "model": model, "val_error": fit.val_error, "val_error_before_offsets": fit.error_before,
+            "posthoc_offsets": fit.offsets if fit.kept else [],
+        })
+        write_json(self.run_dir / POSTHOC_FILE, {**dataclasses.asdict(fit), "val_error": fit.val_error})
+        log.info(
+            "class offsets on %d validation images: error %.4f without, %.4f cross-fitted: %s",
+            fit.images, fit.error_before, fit.error_cross_fitted, "kept, folded into best.pt" if fit.kept else "not kept",
+        )
+
     def fit(self) -> Path:
         """Train until the schedule finishes or ``epochs``; returns the run directory."""
         primary = self.rank.is_primary
@@ -368,6 +392,8 @@ class TrainingRun:
                 write_json(self.run_dir / DATA_FILE, {**data_summary(self.splits, self.config), "skipped_while_training": self.skips.reasons})
         if self.schedule.finished:
             log.info("learning rate fell below --min-lr %.1e: stopped", world.min_lr)
+        if primary and self.config.loss.posthoc_offsets and (self.run_dir / BEST_CHECKPOINT).is_file():
+            self._fit_offsets()
         log.info("best validation top-1 error %.4f at epoch %d; %s", self.schedule.best, self.best_epoch, self.run_dir / BEST_CHECKPOINT)
         return self.run_dir
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from bench.quality.plan import BASELINE, EVALUATION_FILE, MAIN, NOISY_40, SETTINGS, TIMING_FILE, Spec, is_finished
 from training.memorisation import running_mean
-from training.runs import CONFIG_FILE, DATA_FILE, METRICS_FILE, TEST_METRICS_FILE
+from training.runs import CONFIG_FILE, DATA_FILE, METRICS_FILE, POSTHOC_FILE, TEST_METRICS_FILE
 
 CLEAN_TOLERANCE = 0.01  # the recipe may lose at most one point on clean labels
 REQUIRED_GAIN = 0.15  # ... and must beat ce by 15% relative in both 40%-noise settings
@@ -31,6 +31,9 @@ def read_run(spec: Spec, root: Path) -> dict[str, Any] | None:
     timing_path = run_dir / TIMING_FILE
     config = json.loads((run_dir / CONFIG_FILE).read_text())
     data = json.loads((run_dir / DATA_FILE).read_text())
+    posthoc_path = run_dir / POSTHOC_FILE  # class offsets: the tested model's validation error is their cross-fitted one
+    posthoc = json.loads(posthoc_path.read_text()) if posthoc_path.is_file() else None
+    best_val_error = posthoc["val_error"] if posthoc else val_errors[best_epoch]
     return {
         "setting": spec.setting,
         "loss": spec.loss,
@@ -47,7 +50,8 @@ def read_run(spec: Spec, root: Path) -> dict[str, Any] | None:
         "test_images": metrics["test_images"],
         "epochs": len(records),
         "best_epoch": best_epoch + 1,
-        "best_val_error": val_errors[best_epoch],
+        "best_val_error": best_val_error,
+        "offsets_kept": posthoc["kept"] if posthoc else None,
         "susceptibility_at_best": float(running_mean(zeta[: best_epoch + 1])[-1]),
         "curves": [
             {key: record.get(key) for key in ("epoch", "train_loss", "train_error", "val_error", "susceptibility", "lr", "seconds")}

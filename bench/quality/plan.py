@@ -10,31 +10,45 @@ from training.loss_registry import LOSS_PRESETS
 from training.runs import BEST_CHECKPOINT, TEST_METRICS_FILE
 
 POSTHOC = "+pla"  # a row's suffix: the preset with post-hoc logit adjustment fitted on validation (--posthoc-adjust)
+OFFSETS = "+offsets"  # a row's last suffix: then class offsets fitted on validation (--posthoc-offsets)
 POSTHOC_PRESETS = ("ce", "bce", "bsce", "bsce-la")
-LOSSES = (*LOSS_PRESETS, *(f"{preset}{POSTHOC}" for preset in POSTHOC_PRESETS))  # every row the table can have
-# The rows run by default: ce, the paper's balanced losses, logit adjustment, and the same with post-hoc adjustment
-# (the other presets' table at n_max = 200 is in docs/results.md; add them with --losses).
-TABLE_ROWS = ("ce", "bce", "bsce", "bsce-la", "la", *(f"{preset}{POSTHOC}" for preset in POSTHOC_PRESETS))
+_BASE_ROWS = ("ce", "bce", "bsce", "bsce-la", "la", *(f"{preset}{POSTHOC}" for preset in POSTHOC_PRESETS))
+LOSSES = (  # every row the table can have
+    *LOSS_PRESETS, *(f"{preset}{POSTHOC}" for preset in POSTHOC_PRESETS), *(f"{row}{OFFSETS}" for row in _BASE_ROWS),
+)
+# The rows run by default: ce, the paper's balanced losses, logit adjustment, the same with post-hoc adjustment, and each of
+# those with class offsets (the other presets' table at n_max = 200 is in docs/results.md; add them with --losses).
+TABLE_ROWS = (*_BASE_ROWS, *(f"{row}{OFFSETS}" for row in _BASE_ROWS))
 BASELINE = "ce"
 MAIN = "sym40"
 TIMING_FILE = "bench_timing.json"
 EVALUATION_FILE = "evaluation.json"
 
 
+def without_offsets(row: str) -> str:
+    """The row an offsets row is fitted on (``bsce+pla+offsets`` -> ``bsce+pla``): the same training, seed for seed."""
+    return row.removesuffix(OFFSETS)
+
+
 def preset_of(row: str) -> str:
-    """The loss preset of a row (``bsce-la+pla`` -> ``bsce-la``)."""
-    return row.removesuffix(POSTHOC)
+    """The loss preset of a row (``bsce-la+pla+offsets`` -> ``bsce-la``)."""
+    return without_offsets(row).removesuffix(POSTHOC)
 
 
 def row_words(row: str) -> list[str]:
     """The ``productrec train`` options that make a row."""
-    return ["--loss", preset_of(row), *(["--posthoc-adjust"] if row.endswith(POSTHOC) else [])]
+    return [
+        "--loss", preset_of(row), *(["--posthoc-adjust"] if without_offsets(row).endswith(POSTHOC) else []),
+        *(["--posthoc-offsets"] if row.endswith(OFFSETS) else []),
+    ]
 
 
 def row_summary(row: str) -> str:
     """What a row is, for the table."""
     summary = LOSS_PRESETS[preset_of(row)].summary
-    return f"{summary}; then z − τ·log π, τ fitted on validation" if row.endswith(POSTHOC) else summary
+    if without_offsets(row).endswith(POSTHOC):
+        summary += "; then z − τ·log π, τ fitted on validation"
+    return summary + ("; then z + b, class offsets fitted on validation" if row.endswith(OFFSETS) else "")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import numpy as np
 
 from bench.quality.collect import CLEAN_TOLERANCE, REQUIRED_GAIN, collect, images_tested_per_run
 from bench.quality.discussion import discussion
-from bench.quality.plan import MAIN, NOISY_40, SETTINGS, Spec, recipe_of, row_summary, row_words
+from bench.quality.plan import MAIN, NOISY_40, OFFSETS, SETTINGS, Spec, recipe_of, row_summary, row_words
 from bench.quality.plot import plot_per_class, plot_susceptibility_vs_memorisation, plot_training_curves
 
 log = logging.getLogger("productrec.bench.quality")
@@ -147,7 +147,8 @@ def render(numbers: dict[str, Any], args: argparse.Namespace, images: dict[str, 
 
 def recipe_text(recipe: dict[str, Any], runs: dict[str, Any], title: str) -> str:
     example = next(iter(runs.values()), None)
-    train_s = [run["timing"]["train_s"] for run in runs.values()]
+    # An offsets row resumes its base run when that one is finished (bench.quality.run.offsets_words): a few seconds, not a training.
+    train_s = [run["timing"]["train_s"] for run in runs.values() if not run["loss"].endswith(OFFSETS)]
     lines = [
         f"- Backbone: `{recipe['model']}` with `{' '.join(recipe['model_kwargs'])}` from scratch, {recipe['input_size']}×{recipe['input_size']} grey input, "
         f"{'random scaled crops and flips' if recipe['augment'] else 'no augmentation (the plain image: memorisation shows within the budget)'}; "
@@ -160,7 +161,8 @@ def recipe_text(recipe: dict[str, Any], runs: dict[str, Any], title: str) -> str
         f"data seed 0 (split, tail, noise), seeds 0-{recipe['seeds'] - 1} for initialisation and order.",
         f"- Why this size: measured on 2 quiet CPU cores, an epoch over these {example['train_images'] if example else '?'} images takes about "
         f"{_epoch_seconds(runs):.1f} s, so a run takes {np.mean(train_s) if train_s else float('nan'):.0f} s of training and the "
-        f"table about {sum(train_s) / 2 / 60 if train_s else float('nan'):.0f} minutes in two shards. The earlier table "
+        f"table about {sum(train_s) / 2 / 60 if train_s else float('nan'):.0f} minutes in two shards (the offsets rows fit on the finished "
+        "runs in a few seconds each). The earlier table "
         "(below, every preset) used n_max = 200, chosen on a machine shared with other jobs: there the three tail classes had 2 to 5 "
         "training images, almost all mislabelled under 40% noise, and the seed spread (±0.03) was as large as the differences between "
         f"losses. With n_max = {recipe['max_per_class']} the tail has {max(1, round(recipe['max_per_class'] / 100))} clean images a class and, "
@@ -171,7 +173,7 @@ def recipe_text(recipe: dict[str, Any], runs: dict[str, Any], title: str) -> str
         lines[-1] = ("- The larger version of the CPU table, run by `scripts/quality_gpu.sh` on one GPU in at most 8 minutes: "
                      "every run of a shard in one process, the shards side by side on the GPU.")
     if train_s:
-        lines.append(f"- Measured training time per run: {np.mean(train_s):.0f} s on average (min {min(train_s):.0f}, max {max(train_s):.0f}).")
+        lines.append(f"- Measured training time per trained run: {np.mean(train_s):.0f} s on average (min {min(train_s):.0f}, max {max(train_s):.0f}).")
     return "\n".join(lines)
 
 

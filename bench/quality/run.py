@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+import shutil
 import time
 from pathlib import Path
 from typing import Sequence
 
-from bench.quality.plan import TIMING_FILE, Recipe, Spec, is_finished
-from training.runs import LAST_CHECKPOINT
+from bench.quality.plan import TIMING_FILE, Recipe, Spec, is_finished, without_offsets
+from training.runs import BEST_CHECKPOINT, CONFIG_FILE, DATA_FILE, LAST_CHECKPOINT, METRICS_FILE
 
 log = logging.getLogger("productrec.bench.quality")
 
@@ -24,11 +25,37 @@ def run_productrec(subcommand: str, words: Sequence[str]) -> None:
         raise RuntimeError(f"productrec {subcommand} failed")
 
 
+# What an offsets row takes over from the run it is fitted on: --posthoc-offsets acts only after the last epoch, so
+# training with it from scratch repeats that run's epochs exactly (same seed, same data); resuming a copy skips them.
+_TRAINED_FILES = (BEST_CHECKPOINT, LAST_CHECKPOINT, CONFIG_FILE, DATA_FILE, METRICS_FILE, TIMING_FILE)
+
+
+def offsets_words(spec: Spec, root: Path) -> list[str] | None:
+    """For an offsets row: the ``productrec train`` words that resume its run with --posthoc-offsets, with that run's
+    own options (so its data); when not started, the finished run it is fitted on is copied in first. None: train as
+    the recipe says (a row without offsets, or one whose base run is not finished)."""
+    run_dir = spec.run_dir(root)
+    base = Spec(spec.setting, without_offsets(spec.loss), spec.seed).run_dir(root)
+    if base == run_dir:
+        return None
+    if not (run_dir / CONFIG_FILE).is_file():
+        if not is_finished(base):
+            return None
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for name in _TRAINED_FILES:
+            if (base / name).is_file():
+                shutil.copy2(base / name, run_dir / name)
+    words = shlex.split(json.loads((run_dir / CONFIG_FILE).read_text())["command"])[2:]  # after "productrec train"
+    at = words.index("--output")
+    words = [word for word in [*words[:at], *words[at + 2 :]] if word not in ("--posthoc-offsets", "--resume")]
+    return [*words, "--posthoc-offsets", "--output", str(run_dir), "--resume"]
+
+
 def train_and_evaluate(spec: Spec, root: Path, recipe: Recipe, resume: bool) -> dict[str, float]:
     """Train (or resume) one run, then evaluate it; returns the wall times, also kept in the run directory."""
     run_dir = spec.run_dir(root)
-    words = recipe.train_words(spec, run_dir)
-    if (run_dir / LAST_CHECKPOINT).exists():
+    words = offsets_words(spec, root) or recipe.train_words(spec, run_dir)
+    if (run_dir / LAST_CHECKPOINT).exists() and "--resume" not in words:
         if not resume:
             raise SystemExit(f"{run_dir} holds an interrupted run: pass --resume to continue it (or delete the directory)")
         words.append("--resume")
