@@ -121,6 +121,13 @@ def test_offsets_are_kept_only_when_the_cross_fit_makes_fewer_mistakes() -> None
     assert not perfect.kept and perfect.error_before == 0 and perfect.val_error == 0
 
 
+def test_nothing_is_fitted_with_too_few_validation_images_a_class() -> None:
+    logits, labels = shifted_logits(90, [3.0, 0.0, 0.0, -3.0])  # 22 a class on average: fitted
+    assert class_offsets(logits, labels).skipped == ""
+    few = class_offsets(logits[:39], labels[:39])  # under 10 a class: the logits stay as they are
+    assert few.skipped and not few.kept and few.offsets == [] and few.val_error == few.error_before
+
+
 def test_a_class_without_validation_images_gets_a_finite_offset() -> None:
     logits, labels = shifted_logits(500, [0.0, 0.0, 0.0])
     logits = torch.cat([logits, torch.zeros(len(labels), 1)], dim=1)  # a fourth class no image is labelled with

@@ -357,10 +357,13 @@ class TrainingRun:
             "posthoc_offsets": fit.offsets if fit.kept else [],
         })
         write_json(self.run_dir / POSTHOC_FILE, {**dataclasses.asdict(fit), "val_error": fit.val_error})
-        log.info(
-            "class offsets on %d validation images: error %.4f without, %.4f cross-fitted: %s",
-            fit.images, fit.error_before, fit.error_cross_fitted, "kept, folded into best.pt" if fit.kept else "not kept",
-        )
+        if fit.skipped:
+            log.info("class offsets not fitted: %s", fit.skipped)
+        else:
+            log.info(
+                "class offsets on %d validation images: error %.4f without, %.4f cross-fitted: %s",
+                fit.images, fit.error_before, fit.error_cross_fitted, "kept, folded into best.pt" if fit.kept else "not kept",
+            )
 
     def fit(self) -> Path:
         """Train until the schedule finishes or ``epochs``; returns the run directory."""
