@@ -106,6 +106,9 @@ def calibration(ensemble: Ensemble) -> dict[str, Any]:
     }
 
 
+STRATEGY_WORDS = {"vote": "top-1 vote", "mean": "mean probability"}  # app.contract.ranking's strategies
+
+
 def section(result: dict[str, Any]) -> str:
     """The "Photos as shot" section of docs/results.md, from ``result``."""
     errors = result["top1_error"]
@@ -113,7 +116,7 @@ def section(result: dict[str, Any]) -> str:
         BEGIN,
         "## Photos as shot (default ensemble; `python -m bench.photos --report docs/results.md`)",
         "",
-        f"Top-1 error of `{result['repository']}` (TTA, top-1 vote) on the {result['test_images']:,} official test images,",
+        f"Top-1 error of `{result['repository']}` (TTA, {STRATEGY_WORDS[result.get('strategy', 'vote')]}) on the {result['test_images']:,} official test images,",
         "both renderings the product on white, through the service's decode and engine:",
         "",
         "| rendering | top-1 error |",
@@ -171,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     samples = sample_answers(ensemble, args.samples, load_fashion_mnist_as_shot(args.fmnist_dir)[3])
     result = {
         "repository": str(args.repository),
+        "strategy": ensemble.strategy,
         "test_images": int(len(labels)),
         "top1_error": errors,
         "photo_minus_28px": errors["photo"] - errors["28px"],

@@ -3,7 +3,8 @@
 # three quarter-width members of three timm families (ResNet, SE-ResNet, ResNeSt: the ensemble of
 # docs/results.md), trained with the recommended recipe (RECIPE, docs/results.md: the loss row chosen by
 # validation on the quality table) on the Fashion-MNIST-LT benchmark (ρ = 100, 40% symmetric label
-# noise), evaluated on the official test set, exported to ONNX and combined by top-1 voting.
+# noise), evaluated on the official test set, exported to ONNX and combined by top-1 voting or by the mean
+# probability, whichever has the lower validation error (`productrec evaluate --choose-strategy`).
 # Resumable: members already exported are kept, an interrupted training resumes.
 # Each manifest records the exact training command and the test metrics.
 set -euo pipefail
@@ -44,4 +45,6 @@ start=$(date +%s)
 build_member resnet resnet18 16
 build_member seresnet seresnet18 16
 build_member resnest resnest14d 8
+echo "== ensemble: the combination (top-1 vote or mean probability) with the lower validation error"
+"$PRODUCTREC" evaluate --repository "$REPOSITORY" --choose-strategy --no-memorisation --batch-size 256
 echo "== default ensemble in $REPOSITORY ($(( $(date +%s) - start )) s)"

@@ -95,3 +95,32 @@ def test_another_share_of_the_test_set_is_evaluated_without_a_data_warning(
     with caplog.at_level("WARNING", logger="productrec"):
         report = evaluate_ensemble(Ensemble.load(trained_repository, "cpu"), DataSource(test_per_class=half), 64, False)
     assert report["test_images"] == 10 * half and "fingerprint" not in caplog.text
+
+
+def test_the_strategy_is_chosen_on_validation_and_ties_keep_the_served_one() -> None:
+    from training.validation_choice import choose_strategy
+
+    assert choose_strategy({"vote": 0.30, "mean": 0.25}, "vote") == "mean"
+    assert choose_strategy({"vote": 0.25, "mean": 0.25}, "vote") == "vote"
+    assert choose_strategy({"vote": 0.25, "mean": 0.25}, "mean") == "mean"
+
+
+def test_choose_strategy_writes_the_validation_choice_into_ensemble_json(
+    repository_report: dict, trained_repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from app.contract.manifest import read_ensemble_spec
+    from app.contract.ranking import STRATEGIES
+
+    choice = repository_report["validation_strategy"]
+    assert set(choice["errors"]) == set(STRATEGIES) and choice["served"] == "vote" and choice["images"] > 0
+    assert choice["errors"][choice["best"]] == min(choice["errors"].values())
+    repository = tmp_path / "models"
+    shutil.copytree(trained_repository, repository)
+    assert cli_main(["evaluate", "--repository", str(repository), "--choose-strategy", "--no-memorisation", "--batch-size", "64"]) == 0
+    assert read_ensemble_spec(repository).strategy == choice["best"]  # the same validation split, the same choice
+    assert f"strategy: {choice['best']}" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as refused:  # run directories have no ensemble.json to write
+        cli_main(["evaluate", str(repository), "--choose-strategy"])
+    assert refused.value.code == 2 and "give --repository" in capsys.readouterr().err

@@ -29,6 +29,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fmnist-dir", metavar="DIR", help="where the Fashion-MNIST files are now, if not where training read them")
     parser.add_argument("--test-dataset", metavar="PATH", help="test ImageFolder/CSV for user data sets (default: the one training named)")
     parser.add_argument("--test-per-class", type=int, metavar="N", help="the benchmark's official test images per class to use, 0 for all (default: as in training)")
+    parser.add_argument("--choose-strategy", action="store_true",
+                        help="with --repository: write the combination (vote or mean) with the lower validation error into its ensemble.json")
     parser.add_argument("--no-memorisation", dest="memorisation", action="store_false", help="skip the memorisation figure (predicting the flipped training labels) (default: computed when the data has clean labels)")
 
 

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from app.cli import CommandError
 from app.contract.ranking import predict_top1
 from app.engine.ensemble import Ensemble
-from app.contract.manifest import EnsembleSpec, MemberRef, ModelManifest, sha256_file, write_json
+from app.contract.manifest import EnsembleSpec, MemberRef, ModelManifest, read_ensemble_spec, sha256_file, write_ensemble, write_json
 from app.contract.preprocess import largest_size, tta_crops
 from training.config import DataConfig, user_errors
 from training.data import ImageSet, Splits, build_splits
@@ -34,7 +34,7 @@ from training.export import run_manifest
 from training.plots import plot_per_class_accuracy
 from training.runs import BEST_CHECKPOINT, TEST_METRICS_FILE, TrainedRun, load_run
 from training.train import resolve_device
-from training.validation_choice import choose_tta, score_tta_sets, validation_logits
+from training.validation_choice import choose_strategy, choose_tta, score_strategies, score_tta_sets, validation_logits
 
 log = logging.getLogger("productrec.evaluate")
 
@@ -280,7 +280,20 @@ def evaluate_ensemble(
     if with_memorisation:
         _add_memorisation(report, ensemble, configs, cache, batch_size)
     _add_validation_tta(report, ensemble, configs, cache, batch_size)
+    _add_validation_strategy(report, ensemble, configs, cache, batch_size)
     return report
+
+
+def _add_validation_strategy(report: dict[str, Any], ensemble: Ensemble, configs: list[DataConfig], cache: SplitCache, batch_size: int) -> None:
+    """The ensemble's validation error under each combination strategy, where its members share one validation split."""
+    if len(ensemble.members) < 2:
+        return
+    splits = [cache.get(config) for config in configs]
+    if any(split.val.labels.tolist() != splits[0].val.labels.tolist() for split in splits[1:]) or len({split.fingerprint for split in splits}) > 1:
+        log.info("the members were trained on different data: no shared validation split to choose the strategy on")
+        return
+    errors, images = score_strategies(ensemble, splits[0].val, batch_size)
+    report["validation_strategy"] = {"errors": errors, "images": images, "best": choose_strategy(errors, ensemble.strategy), "served": ensemble.strategy}
 
 
 def _add_validation_tta(report: dict[str, Any], ensemble: Ensemble, configs: list[DataConfig], cache: SplitCache, batch_size: int) -> None:
@@ -367,6 +380,13 @@ def format_report(report: dict[str, Any]) -> str:
     lines += ["  ".join(cell.ljust(width) if column == 0 else cell.rjust(width) for column, (cell, width) in enumerate(zip(row, widths))) for row in table]
     if report["skipped"]:
         lines.append(f"{len(report['skipped'])} unreadable test image(s) skipped")
+    if "validation_strategy" in report:
+        choice = report["validation_strategy"]
+        lines.append(
+            f"ensemble: validation top-1 error on {choice['images']:,} images by strategy: "
+            + ", ".join(f"{strategy} {error:.4f}" for strategy, error in choice["errors"].items())
+            + f" (best {choice['best']}, served {choice['served']})"
+        )
     for name, metrics in report["members"].items():
         if "validation_tta" in metrics:
             choice = metrics["validation_tta"]
@@ -385,6 +405,8 @@ def main(args: argparse.Namespace) -> int:
 
     if bool(args.run_dirs) == bool(args.repository):
         raise CommandError("give one or more run directories or --repository DIR (not both)")
+    if args.choose_strategy and not args.repository:
+        raise CommandError("--choose-strategy writes a repository's ensemble.json: give --repository DIR")
     if args.batch_size < 1:
         raise CommandError("--batch-size must be >= 1")
     runs: list[TrainedRun] = []
@@ -398,6 +420,8 @@ def main(args: argparse.Namespace) -> int:
             raise CommandError(str(exc)) from exc
         report = evaluate_ensemble(ensemble, DataSource(args.fmnist_dir, args.test_dataset, args.test_per_class), args.batch_size, args.memorisation)
     report["source"] = {"repository": args.repository} if args.repository else {"run_dirs": [str(run.run_dir) for run in runs]}
+    if args.choose_strategy:
+        _write_strategy(Path(args.repository), report)
     for run, member in zip(runs, ensemble.members):
         write_json(run.run_dir / TEST_METRICS_FILE, run_test_metrics(report, member.manifest.name, run.run_dir / BEST_CHECKPOINT))
     out = Path(args.out) if args.out else (runs[0].run_dir / "evaluation.json" if runs else None)
@@ -413,6 +437,17 @@ def main(args: argparse.Namespace) -> int:
         plot_per_class_accuracy(report["class_counts"], accuracies, plot, title=f"per-class test accuracy (TTA {', '.join(map(str, report['tta_sizes']))})")
         print(f"per-class accuracy plot: {plot}")
     return 0
+
+
+def _write_strategy(repository: Path, report: dict[str, Any]) -> None:
+    """Write the validation's choice of strategy into the repository's ensemble.json (the service reloads it)."""
+    choice = report.get("validation_strategy")
+    if choice is None:
+        raise CommandError("--choose-strategy needs an ensemble of two or more members trained on the same data")
+    spec = read_ensemble_spec(repository)
+    if spec.strategy != choice["best"]:
+        write_ensemble(repository, dataclasses.replace(spec, strategy=choice["best"]))
+    print(f"strategy: {choice['best']} ({repository / 'ensemble.json'}; was {spec.strategy})")
 
 
 def _nan_for_none(values: Sequence[float | None]) -> list[float]:

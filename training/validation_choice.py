@@ -1,4 +1,5 @@
-"""What export decides on the validation split: the TTA sizes to ship, the temperature and the average-k thresholds.
+"""What is decided on the validation split: the TTA sizes to ship, the temperature and the average-k thresholds
+(export), and how an ensemble combines its members (``productrec evaluate --choose-strategy``).
 
 Each member's logits are computed once per candidate resize size; every non-empty set of
 sizes is scored by the top-1 error of its averaged logits. The best set is shipped, and
@@ -16,7 +17,8 @@ import numpy as np
 from tqdm import tqdm
 
 from app.contract.calibration import Calibration, calibrate
-from app.contract.preprocess import PreprocessConfig, tta_crops
+from app.contract.preprocess import PreprocessConfig, largest_size, tta_crops
+from app.contract.ranking import STRATEGIES, predict_top1
 from training.image_sets import BadImageError, ImageSet
 
 log = logging.getLogger("productrec.validation")
@@ -111,3 +113,29 @@ def format_scores(scores: Sequence[TtaScore], chosen: tuple[int, ...] | None = N
         f"  {'/'.join(map(str, score.sizes)):<12} {score.error:.4f}{'  <- shipped' if chosen and set(score.sizes) == set(chosen) else ''}"
         for score in scores
     )
+
+
+def score_strategies(ensemble, images: ImageSet, batch_size: int = 256) -> tuple[dict[str, float], int]:
+    """The validation top-1 error of ``ensemble`` (an ``app.engine.ensemble.Ensemble``, as served: TTA crops,
+    calibrated probabilities) under each combination strategy, and the number of images scored."""
+    shorter_side = largest_size(ensemble.crop_plan(tta=True))
+    probabilities, labels = [], []
+    for start in tqdm(range(0, len(images), batch_size), desc="validation", unit="batch", leave=False, dynamic_ncols=True):
+        crops = []
+        for index in range(start, min(start + batch_size, len(images))):
+            try:
+                crops.append(ensemble.preprocess(images.load(index, shorter_side), tta=True))
+                labels.append(int(images.labels[index]))
+            except BadImageError as exc:
+                log.warning("validation: skipping %s", exc)
+        if crops:
+            probabilities.append(ensemble.member_probabilities(crops, tta=True))
+    if not probabilities:
+        raise ValueError("no readable validation image")
+    probs, truth = np.concatenate(probabilities, axis=1), np.asarray(labels, dtype=np.int64)
+    return {strategy: float(np.mean(predict_top1(probs, strategy) != truth)) for strategy in STRATEGIES}, len(truth)
+
+
+def choose_strategy(errors: dict[str, float], current: str) -> str:
+    """The strategy with the lowest validation error; ties keep ``current``."""
+    return min(errors, key=lambda strategy: (errors[strategy], strategy != current))
