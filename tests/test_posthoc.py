@@ -161,3 +161,5 @@ def test_training_with_class_offsets_folds_them_once_and_records_them(fmnist_sma
     digest = sha256_file(run_dir / BEST_CHECKPOINT)
     train(dataclasses.replace(config, run=dataclasses.replace(config.run, resume=True)))
     assert sha256_file(run_dir / BEST_CHECKPOINT) == digest and json.loads((run_dir / POSTHOC_FILE).read_text()) == record
+    command = json.loads((run_dir / "config.json").read_text())["command"]
+    assert "--posthoc-offsets" in command and "--resume" not in command  # the command that reproduces the run from scratch

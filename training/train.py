@@ -179,7 +179,8 @@ class TrainingRun:
         self.rank = rank or RankInfo(resolve_device(config.run.device))
         self.device, self.run_dir = self.rank.device, Path(config.run.output)
         self.amp_dtype = autocast_dtype(self.device, config.run.amp)
-        self.command = command or command_line(config)
+        # The command that reproduces the run from scratch: --resume is how it was continued, not what it is.
+        self.command = command or command_line(replace(config, run=replace(config.run, resume=False)))
         seed_everything(config.run.seed)
         self.splits = build_splits(config.data)
         resume_from = load_checkpoint(self.run_dir / LAST_CHECKPOINT) if config.run.resume else None
