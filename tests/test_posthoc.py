@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from training.posthoc import (
+    MAX_OFFSET_LOGITS,
     TAU_GRID,
     AdjustedErrors,
     adjusted_state_dict,
@@ -21,6 +22,7 @@ from training.posthoc import (
     classifier_bias_key,
     fit_class_offsets,
     log_prior,
+    offset_images,
     offset_state_dict,
 )
 from training.runs import BEST_CHECKPOINT, METRICS_FILE, POSTHOC_FILE, load_run
@@ -121,11 +123,12 @@ def test_offsets_are_kept_only_when_the_cross_fit_makes_fewer_mistakes() -> None
     assert not perfect.kept and perfect.error_before == 0 and perfect.val_error == 0
 
 
-def test_nothing_is_fitted_with_too_few_validation_images_a_class() -> None:
-    logits, labels = shifted_logits(90, [3.0, 0.0, 0.0, -3.0])  # 22 a class on average: fitted
-    assert class_offsets(logits, labels).skipped == ""
-    few = class_offsets(logits[:39], labels[:39])  # under 10 a class: the logits stay as they are
-    assert few.skipped and not few.kept and few.offsets == [] and few.val_error == few.error_before
+def test_the_fit_uses_at_most_a_bounded_sample_and_needs_ten_images_a_class() -> None:
+    assert offset_images(300, 10) == (300, "")
+    assert offset_images(99, 10)[0] == 0 and "fewer than 10 a class" in offset_images(99, 10)[1]
+    assert offset_images(10**7, 1000) == (MAX_OFFSET_LOGITS // 1000, "")  # a seeded sample where the split is too large
+    used, why = offset_images(500_000, 50_000)  # 10 a class, but only 2,684 images fit under the cap
+    assert used == 0 and "2684 validation images usable for 50000 classes" in why
 
 
 def test_a_class_without_validation_images_gets_a_finite_offset() -> None:

@@ -110,8 +110,8 @@ class LossConfig:
     posthoc_offsets: bool = field(
         default=False,
         metadata={"help": "post-hoc class offsets: after training, predict with z + b, one offset per class fitted on the validation "
-                  "split by penalised likelihood (Alexandari et al. 2020), kept only if a 2-fold cross-fit on validation makes "
-                  "fewer mistakes; best.pt's classifier bias carries it, posthoc.json records it. --resume of a finished run fits it"},
+                  "split by penalised likelihood (Alexandari et al. 2020; needs 10 validation images a class), kept only if a "
+                  "2-fold cross-fit on validation makes fewer mistakes; best.pt's classifier bias carries it, posthoc.json records it. --resume of a finished run fits it"},
     )
     loss_params: dict[str, Any] = field(
         default_factory=dict,

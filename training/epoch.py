@@ -118,13 +118,16 @@ def top1_error(
 
 
 def collect_logits(
-    model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype: torch.dtype | None, skips: SkipLog
+    model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype: torch.dtype | None, skips: SkipLog, limit: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[N, K]`` float32 logits (on the CPU) and ``[N]`` labels of ``model`` over ``loader``, unreadable images left out."""
+    """``[N, K]`` float32 logits (on the CPU) and ``[N]`` labels of ``model`` over ``loader`` (the first ``limit`` images),
+    unreadable images left out."""
     model.eval()
     logits, labels = [], []
     with torch.inference_mode():
         for batch in loader:
+            if limit is not None and sum(map(len, labels)) >= limit:
+                break
             skips.add(batch.skipped)
             if batch.images is None:
                 continue
@@ -133,4 +136,4 @@ def collect_logits(
             labels.append(batch.labels)
     if not labels:
         raise RuntimeError("no readable validation image")
-    return torch.cat(logits), torch.cat(labels)
+    return torch.cat(logits)[:limit], torch.cat(labels)[:limit]

@@ -28,7 +28,7 @@ TAU_GRID: tuple[float, ...] = tuple(step * 0.25 for step in range(17))  # 0, 0.2
 OFFSET_PRIOR_STD = 2.0
 OFFSET_FOLDS = 2
 # The validation logits held for the fit (float32, 512 MiB; the fit peaks near 5x that): beyond this many, a seeded
-# subset of the images is used.
+# subset of the images is used (so with 10 images a class, offsets are fitted for up to 13,421 classes).
 MAX_OFFSET_LOGITS = 2**27
 # Below this many validation images a class on average, nothing is fitted: each fold's offsets would learn which
 # classes that fold happens to hold (at 50,000 classes and 4,000 images the cross-fit made 0.96 errors for 0.59).
@@ -123,16 +123,7 @@ class OffsetFit:
 def class_offsets(logits: torch.Tensor, labels: torch.Tensor, folds: int = OFFSET_FOLDS, seed: int = 0) -> OffsetFit:
     """Fit offsets on ``[N, K]`` validation logits, cross-fitted over ``folds`` seeded folds to decide whether to keep them."""
     logits, labels = logits.detach().float(), labels.to(logits.device, torch.long)
-    n_images, n_classes = logits.shape
-    if n_images < OFFSET_MIN_IMAGES_PER_CLASS * n_classes:
-        before = float((logits.argmax(dim=1) != labels).float().mean())
-        why = f"{n_images} validation images for {n_classes} classes: fewer than {OFFSET_MIN_IMAGES_PER_CLASS} a class"
-        return OffsetFit([], n_images, before, before, False, why)
-    generator = torch.Generator().manual_seed(seed)
-    if logits.numel() > MAX_OFFSET_LOGITS:
-        keep = torch.randperm(len(labels), generator=generator)[: MAX_OFFSET_LOGITS // logits.shape[1]].to(logits.device)
-        logits, labels = logits[keep], labels[keep]
-    order = torch.randperm(len(labels), generator=generator).to(logits.device)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed)).to(logits.device)
     wrong = 0
     for fold in range(folds):
         held = order[fold::folds]
@@ -143,6 +134,14 @@ def class_offsets(logits: torch.Tensor, labels: torch.Tensor, folds: int = OFFSE
     cross_fitted = wrong / len(labels)
     offsets = fit_class_offsets(logits, labels)
     return OffsetFit([float(value) for value in offsets.cpu()], len(labels), before, cross_fitted, cross_fitted < before)
+
+
+def offset_images(n_images: int, n_classes: int) -> tuple[int, str]:
+    """How many validation images an offset fit uses (at most ``MAX_OFFSET_LOGITS`` logits), and why none ("" if some)."""
+    usable = min(n_images, MAX_OFFSET_LOGITS // max(1, n_classes))
+    if usable < OFFSET_MIN_IMAGES_PER_CLASS * n_classes:
+        return 0, f"{usable} validation images usable for {n_classes} classes: fewer than {OFFSET_MIN_IMAGES_PER_CLASS} a class"
+    return usable, ""
 
 
 def offset_state_dict(state: dict[str, torch.Tensor], bias_key: str, offsets: Sequence[float]) -> dict[str, torch.Tensor]:

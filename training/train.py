@@ -52,7 +52,16 @@ from training.losses import create_loss
 from training.memorisation import SusceptibilityMonitor
 from training.models import check_model_config, create_model, model_normalization
 from training.plots import plot_curves
-from training.posthoc import AdjustedErrors, adjusted_state_dict, class_offsets, classifier_bias_key, log_prior, offset_state_dict
+from training.posthoc import (
+    AdjustedErrors,
+    OffsetFit,
+    adjusted_state_dict,
+    class_offsets,
+    classifier_bias_key,
+    log_prior,
+    offset_images,
+    offset_state_dict,
+)
 from training.schedule import PlateauSchedule
 from training.runs import (
     BEST_CHECKPOINT,
@@ -347,11 +356,17 @@ class TrainingRun:
         if "posthoc_offsets" in best:
             log.info("%s already carries its class offsets (%s)", path, POSTHOC_FILE)
             return
-        self.model.load_state_dict(best["model"])  # training is over: the model is free
         run = self.config.run
-        loader = make_loader(TorchImageSet(self.splits.val, self.preprocess, augment=False), self.config.optim.batch_size * 2, run.workers, run.seed, False, False)
-        logits, labels = collect_logits(self.model, loader, self.device, self.amp_dtype, self.skips)
-        fit = class_offsets(logits, labels, seed=run.seed)
+        images, skipped = offset_images(len(self.splits.val), len(self.splits.label_names))
+        if skipped:
+            fit = OffsetFit([], 0, best["val_error"], best["val_error"], False, skipped)
+        else:
+            self.model.load_state_dict(best["model"])  # training is over: the model is free
+            shuffled = images < len(self.splits.val)  # a seeded sample of the split, where it is too large to hold
+            val_set = TorchImageSet(self.splits.val, self.preprocess, augment=False)
+            loader = make_loader(val_set, self.config.optim.batch_size * 2, run.workers, run.seed, shuffled, False)
+            logits, labels = collect_logits(self.model, loader, self.device, self.amp_dtype, self.skips, images)
+            fit = class_offsets(logits, labels, seed=run.seed)
         model = offset_state_dict(best["model"], self.bias_key, fit.offsets) if fit.kept else best["model"]
         save_checkpoint(path, {
             **best, "model": model, "val_error": fit.val_error, "val_error_before_offsets": fit.error_before,
