@@ -155,3 +155,22 @@ def test_an_untrained_model_goes_through_the_real_export(tmp_path: Path, fmnist_
     assert ensemble.crop_plan(True) == [(preprocess, (28, 32))]
     probs, rankings = ensemble.predict(photos, top_k=3)
     assert probs.shape == (1, 2, 10) and all(len(ranking.indices) == 3 for ranking in rankings)
+
+
+def test_the_service_warns_when_it_resamples_with_another_pillow_than_evaluation(
+    trained_repository: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import dataclasses
+
+    import PIL
+
+    from app.engine.ensemble import warn_on_other_pillow
+
+    manifest = read_repository(trained_repository)[1][0].manifest
+    assert manifest.metrics["pillow"] == PIL.__version__  # export records the build it evaluated with
+    with caplog.at_level("WARNING", logger="productrec.inference"):
+        assert not warn_on_other_pillow(manifest)
+        assert not caplog.records
+        other = dataclasses.replace(manifest, metrics={**manifest.metrics, "pillow": "12.1.1.post0"})
+        assert warn_on_other_pillow(other)
+    assert "evaluated with Pillow 12.1.1.post0 and is served with Pillow " + PIL.__version__ in caplog.text

@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import onnxruntime as ort
+import PIL
 import torch
 from PIL import Image
 
@@ -173,6 +174,7 @@ def run_manifest(run: TrainedRun, name: str, version: str) -> ModelManifest:
             "val_top1_error": run.checkpoint["val_error"],
             "best_epoch": run.checkpoint["epoch"],
             "posthoc_tau": run.checkpoint.get("posthoc_tau", 0.0),
+            "pillow": PIL.__version__,  # the resampling the member was evaluated with (the service warns on another)
             **({"posthoc_offsets_kept": bool(run.checkpoint["posthoc_offsets"]), "val_top1_error_before_offsets": run.checkpoint["val_error_before_offsets"]}
                if "posthoc_offsets" in run.checkpoint else {}),
             "noise_rate_realised": run.data.get("noise_rate_realised"),

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, Sequence
 
 import numpy as np
 import onnxruntime as ort
+import PIL
 from PIL import Image
 
 from app.contract.ranking import Ranking, Strategy, crop_average_probabilities, rank
@@ -126,6 +127,19 @@ class CropGroup:
     member_indices: tuple[int, ...]
 
 
+def warn_on_other_pillow(manifest: ModelManifest) -> bool:
+    """Log a warning (and return True) when ``manifest`` was evaluated with another Pillow build than this process's:
+    the resampling, and so the crops, may differ slightly (pillow-simd against Pillow: docs/deployment.md)."""
+    evaluated_with = manifest.metrics.get("pillow")
+    if evaluated_with is None or evaluated_with == PIL.__version__:
+        return False
+    log.warning(
+        "%s was evaluated with Pillow %s and is served with Pillow %s: crops may differ slightly from those it was evaluated on",
+        manifest.name, evaluated_with, PIL.__version__,
+    )
+    return True
+
+
 class Ensemble:
     """Loaded members plus the crop groups and the combination strategy."""
 
@@ -147,6 +161,8 @@ class Ensemble:
     ) -> "Ensemble":
         """Load and verify every member of ``repository/ensemble.json`` (session options as ``create_session``)."""
         spec, loaded = read_repository(Path(repository))
+        for member in loaded:
+            warn_on_other_pillow(member.manifest)
         return cls(
             spec,
             [_session_for(member, preference, intra_op_threads, inter_op_threads, spinning) for member in loaded],
