@@ -389,3 +389,27 @@ def test_main_lists_skipped_files_and_maps_errors(image_folder: Path, capsys: py
     assert "Skipped files: 4" in output and str(image_folder / "hats" / "corrupt.jpg") in output
     with pytest.raises(CommandError, match="not found"):
         main(argparse.Namespace(dataset=str(image_folder / "missing")))
+
+
+def test_readable_batches_leave_out_and_report_unreadable_images() -> None:
+    from training.image_sets import BadImageError, ImageSet, readable_batches
+
+    class HalfBroken(ImageSet):
+        labels, clean_labels, in_chans = np.arange(5), None, 1
+
+        def load(self, index: int, shorter_side: int | None = None) -> Image.Image:
+            if index in (1, 3, 4):
+                raise BadImageError(f"{index}.png", "broken")
+            return Image.new("L", (4, 4), index)
+
+        def describe(self, index: int) -> str:
+            return f"{index}.png"
+
+        def identity(self) -> bytes:
+            return b""
+
+    skipped: list[str] = []
+    batches = list(readable_batches(HalfBroken(), range(5), 2, "test", skipped=skipped))
+    assert [kept for _, kept in batches] == [[0], [2]]  # the batch of 4 alone, all unreadable, is not yielded
+    assert [image.getpixel((0, 0)) for decoded, _ in batches for image in decoded] == [0, 2]
+    assert skipped == ["1.png: broken", "3.png: broken", "4.png: broken"]

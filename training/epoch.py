@@ -123,10 +123,10 @@ def collect_logits(
     """``[N, K]`` float32 logits (on the CPU) and ``[N]`` labels of ``model`` over ``loader`` (the first ``limit`` images),
     unreadable images left out."""
     model.eval()
-    logits, labels = [], []
+    logits, labels, seen = [], [], 0
     with torch.inference_mode():
         for batch in loader:
-            if limit is not None and sum(map(len, labels)) >= limit:
+            if limit is not None and seen >= limit:
                 break
             skips.add(batch.skipped)
             if batch.images is None:
@@ -134,6 +134,7 @@ def collect_logits(
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 logits.append(model(batch.images.to(device, non_blocking=True)).float().cpu())
             labels.append(batch.labels)
+            seen += len(batch.labels)
     if not labels:
         raise RuntimeError("no readable validation image")
     return torch.cat(logits)[:limit], torch.cat(labels)[:limit]

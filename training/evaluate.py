@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from tqdm import tqdm
 
 from app.cli import CommandError
 from app.contract.ranking import predict_top1
@@ -29,7 +28,7 @@ from app.contract.manifest import EnsembleSpec, MemberRef, ModelManifest, read_e
 from app.contract.preprocess import largest_size, tta_crops
 from training.config import DataConfig, user_errors
 from training.data import ImageSet, Splits, build_splits
-from training.image_sets import BadImageError
+from training.image_sets import readable_batches
 from training.export import run_manifest
 from training.plots import plot_per_class_accuracy
 from training.runs import BEST_CHECKPOINT, TEST_METRICS_FILE, TrainedRun, load_run
@@ -114,17 +113,8 @@ def predict(
     ensemble_top1: dict[str, list[np.ndarray]] = {setting: [] for setting in settings}
     kept, skipped = [], []
     shorter_side = largest_size(ensemble.crop_plan(tta=True))  # JPEG files decode as the service decodes them
-    for start in tqdm(range(0, len(indices), batch_size), desc=description, unit="batch", leave=False, dynamic_ncols=True):
-        decoded = []
-        for index in indices[start : start + batch_size]:
-            try:
-                decoded.append(images.load(int(index), shorter_side))
-                kept.append(int(index))
-            except BadImageError as exc:
-                log.warning("skipping %s", exc)
-                skipped.append(str(exc))
-        if not decoded:
-            continue
+    for decoded, batch_indices in readable_batches(images, indices, batch_size, description, shorter_side, skipped):
+        kept += batch_indices
         probabilities = {}
         if per_size:
             probabilities[TTA] = ensemble.member_probabilities([ensemble.preprocess(image, tta=True) for image in decoded], tta=True)
@@ -289,7 +279,7 @@ def _add_validation_strategy(report: dict[str, Any], ensemble: Ensemble, configs
     if len(ensemble.members) < 2:
         return
     splits = [cache.get(config) for config in configs]
-    if any(split.val.labels.tolist() != splits[0].val.labels.tolist() for split in splits[1:]) or len({split.fingerprint for split in splits}) > 1:
+    if len({split.fingerprint for split in splits}) > 1:  # the fingerprint covers the validation images and labels
         log.info("the members were trained on different data: no shared validation split to choose the strategy on")
         return
     errors, images = score_strategies(ensemble, splits[0].val, batch_size)

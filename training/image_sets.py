@@ -6,14 +6,18 @@ Image files are decoded with ``app.contract.preprocess.decode_image``, the decod
 from __future__ import annotations
 
 import abc
+import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from app.contract.preprocess import ImageDecodeError, ImageTooLargeError, decode_image
+
+log = logging.getLogger("productrec.data")
 
 # Training images larger than this are reported and skipped (decoding them would cost GBs).
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -133,3 +137,23 @@ def relative_paths(paths: Sequence[Path], root: Path) -> list[str]:
             folders[folder] = os.path.relpath(folder, root)
         relative.append(name if folders[folder] == os.curdir else os.path.join(folders[folder], name))
     return relative
+
+
+def readable_batches(
+    images: ImageSet, indices: Sequence[int], batch_size: int, description: str,
+    shorter_side: int | None = None, skipped: list[str] | None = None,
+) -> Iterator[tuple[list[Image.Image], list[int]]]:
+    """``images[indices]`` decoded (``ImageSet.load``) ``batch_size`` at a time behind a progress bar, each batch with
+    its indices. Unreadable images are logged, added to ``skipped`` and left out; a batch with none left is not yielded."""
+    for start in tqdm(range(0, len(indices), batch_size), desc=description, unit="batch", leave=False, dynamic_ncols=True):
+        decoded, kept = [], []
+        for index in indices[start : start + batch_size]:
+            try:
+                decoded.append(images.load(int(index), shorter_side))
+                kept.append(int(index))
+            except BadImageError as exc:
+                log.warning("%s: skipping %s", description, exc)
+                if skipped is not None:
+                    skipped.append(str(exc))
+        if decoded:
+            yield decoded, kept

@@ -9,19 +9,15 @@ never one worse than the single crop: the single crop is a candidate and wins ti
 from __future__ import annotations
 
 import itertools
-import logging
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from app.contract.calibration import Calibration, calibrate
 from app.contract.preprocess import PreprocessConfig, largest_size, tta_crops
 from app.contract.ranking import STRATEGIES, predict_top1
-from training.image_sets import BadImageError, ImageSet
-
-log = logging.getLogger("productrec.validation")
+from training.image_sets import ImageSet, readable_batches
 
 Logits = Callable[[np.ndarray], np.ndarray]  # [N, C, H, W] crops -> [N, K] logits
 
@@ -48,17 +44,10 @@ def validation_logits(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``[S, N, K]`` logits of every readable image at each resize size (centre crops), and its ``[N]`` labels."""
     per_batch, labels = [], []
-    for start in tqdm(range(0, len(images), batch_size), desc="validation", unit="batch", leave=False, dynamic_ncols=True):
-        crops = []
-        for index in range(start, min(start + batch_size, len(images))):
-            try:
-                crops.append(tta_crops(images.load(index), config, sizes))
-                labels.append(int(images.labels[index]))
-            except BadImageError as exc:
-                log.warning("validation: skipping %s", exc)
-        if crops:
-            batch = np.concatenate(crops)  # image-major: the sizes of one image adjacent
-            per_batch.append(logits(batch).reshape(len(crops), len(sizes), -1))
+    for decoded, kept in readable_batches(images, range(len(images)), batch_size, "validation"):
+        batch = np.concatenate([tta_crops(image, config, sizes) for image in decoded])  # image-major: the sizes of one image adjacent
+        per_batch.append(logits(batch).reshape(len(decoded), len(sizes), -1))
+        labels += images.labels[kept].tolist()
     if not per_batch:
         raise ValueError("no readable validation image")
     return np.concatenate(per_batch).transpose(1, 0, 2), np.asarray(labels, dtype=np.int64)
@@ -118,18 +107,11 @@ def format_scores(scores: Sequence[TtaScore], chosen: tuple[int, ...] | None = N
 def score_strategies(ensemble, images: ImageSet, batch_size: int = 256) -> tuple[dict[str, float], int]:
     """The validation top-1 error of ``ensemble`` (an ``app.engine.ensemble.Ensemble``, as served: TTA crops,
     calibrated probabilities) under each combination strategy, and the number of images scored."""
-    shorter_side = largest_size(ensemble.crop_plan(tta=True))
+    shorter_side = largest_size(ensemble.crop_plan(tta=True))  # JPEG files decode as the service decodes them
     probabilities, labels = [], []
-    for start in tqdm(range(0, len(images), batch_size), desc="validation", unit="batch", leave=False, dynamic_ncols=True):
-        crops = []
-        for index in range(start, min(start + batch_size, len(images))):
-            try:
-                crops.append(ensemble.preprocess(images.load(index, shorter_side), tta=True))
-                labels.append(int(images.labels[index]))
-            except BadImageError as exc:
-                log.warning("validation: skipping %s", exc)
-        if crops:
-            probabilities.append(ensemble.member_probabilities(crops, tta=True))
+    for decoded, kept in readable_batches(images, range(len(images)), batch_size, "validation", shorter_side):
+        probabilities.append(ensemble.member_probabilities([ensemble.preprocess(image, tta=True) for image in decoded], tta=True))
+        labels += images.labels[kept].tolist()
     if not probabilities:
         raise ValueError("no readable validation image")
     probs, truth = np.concatenate(probabilities, axis=1), np.asarray(labels, dtype=np.int64)
