@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -85,6 +86,21 @@ def train_one_epoch(
     return EpochResult(total_loss / seen, wrong / seen, int(seen))
 
 
+def _batch_logits(
+    model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype: torch.dtype | None, skips: SkipLog
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``model``'s logits (on its device) and the labels (on the CPU) of each batch of ``loader``, in eval mode and
+    without autograd; unreadable images go to ``skips``."""
+    model.eval()
+    for batch in loader:
+        skips.add(batch.skipped)
+        if batch.images is None:
+            continue
+        with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = model(batch.images.to(device, non_blocking=True))
+        yield logits, batch.labels
+
+
 @torch.inference_mode()
 def top1_error(
     model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype: torch.dtype | None, skips: SkipLog, n_classes: int = 0,
@@ -92,23 +108,17 @@ def top1_error(
 ) -> ErrorCount:
     """Top-1 mistakes of ``model`` over ``loader`` (per class for ``n_classes`` > 0, under each post-hoc τ for ``adjusted``),
     summed over the ranks' shards (unreadable images are left out)."""
-    model.eval()
     wrong, seen = 0, 0
     class_correct, class_seen = np.zeros(n_classes, np.int64), np.zeros(n_classes, np.int64)
-    for batch in loader:
-        skips.add(batch.skipped)
-        if batch.images is None:
-            continue
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = model(batch.images.to(device, non_blocking=True))
-        right = logits.argmax(dim=1).cpu() == batch.labels
+    for logits, labels in _batch_logits(model, loader, device, amp_dtype, skips):
+        right = logits.argmax(dim=1).cpu() == labels
         if adjusted is not None:
-            adjusted.add(logits, batch.labels)
+            adjusted.add(logits, labels)
         wrong += int((~right).sum())
-        seen += len(batch.labels)
+        seen += len(labels)
         if n_classes:
-            class_correct += np.bincount(batch.labels[right].numpy(), minlength=n_classes)
-            class_seen += np.bincount(batch.labels.numpy(), minlength=n_classes)
+            class_correct += np.bincount(labels[right].numpy(), minlength=n_classes)
+            class_seen += np.bincount(labels.numpy(), minlength=n_classes)
     by_tau = adjusted.wrong if adjusted is not None else []
     totals = [int(value) for value in sum_over_ranks([wrong, seen, *class_correct, *class_seen, *by_tau], device)]
     if totals[1] == 0:
@@ -122,19 +132,13 @@ def collect_logits(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``[N, K]`` float32 logits (on the CPU) and ``[N]`` labels of ``model`` over ``loader`` (the first ``limit`` images),
     unreadable images left out."""
-    model.eval()
     logits, labels, seen = [], [], 0
-    with torch.inference_mode():
-        for batch in loader:
-            if limit is not None and seen >= limit:
-                break
-            skips.add(batch.skipped)
-            if batch.images is None:
-                continue
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                logits.append(model(batch.images.to(device, non_blocking=True)).float().cpu())
-            labels.append(batch.labels)
-            seen += len(batch.labels)
+    for batch_logits, batch_labels in _batch_logits(model, loader, device, amp_dtype, skips):
+        logits.append(batch_logits.float().cpu())
+        labels.append(batch_labels)
+        seen += len(batch_labels)
+        if limit is not None and seen >= limit:
+            break
     if not labels:
         raise RuntimeError("no readable validation image")
     return torch.cat(logits)[:limit], torch.cat(labels)[:limit]
