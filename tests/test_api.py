@@ -277,6 +277,10 @@ def test_metrics_count_every_worker_with_two_workers(trained_repository, images,
     with productrec_serve(trained_repository, tmp_path, ["--workers", "2", "--decode-workers", "1"]) as base:
         with ThreadPoolExecutor(concurrency) as threads:
             list(threads.map(post_until_answered, range(requests)))
+        deadline = time.monotonic() + 60  # every request may have reached the first worker while the second loads
+        while metric(httpx.get(f"{base}/metrics", headers={"Connection": "close"}).text, "productrec_ready") != 1:
+            assert time.monotonic() < deadline, "the second worker never became ready"
+            time.sleep(0.2)
         scrapes = [httpx.get(f"{base}/metrics", headers={"Connection": "close"}).text for _ in range(8)]
     for text in scrapes:
         assert metric(text, "productrec_http_requests_total", endpoint="/v1/predict", method="POST", status="200") == requests
