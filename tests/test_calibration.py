@@ -100,3 +100,35 @@ def test_the_best_set_ships_and_ties_go_to_fewer_sizes() -> None:
     scores = [TtaScore((28,), 0.22), TtaScore((32,), 0.20), TtaScore((28, 32), 0.19)]
     assert choose_tta(scores, 28) == (32, 28)
     assert choose_tta([TtaScore((28,), 0.2), TtaScore((32,), 0.2)], 28) == (28,)  # a tie goes to the single crop
+
+
+def test_validation_logits_see_jpeg_files_as_the_service_decodes_them(tmp_path) -> None:
+    """A large JPEG is decoded at the DCT scale of the largest candidate size, as a TTA request is served; a
+    full-scale decode (what the TTA choice once scored) gives other crops."""
+    import io
+
+    from PIL import Image
+
+    from app.contract.preprocess import PreprocessConfig, decode_image, tta_crops
+    from training.image_sets import DEFAULT_MAX_PIXELS, FileImageSet
+    from training.validation_choice import validation_logits
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for index in range(2):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (600, 800, 3), dtype=np.uint8)).save(buffer, "JPEG", quality=90)
+        paths.append(tmp_path / f"{index}.jpg")
+        paths[-1].write_bytes(buffer.getvalue())
+    config, sizes = PreprocessConfig(28, 3, (0.5,) * 3, (0.25,) * 3, "bilinear", (28, 32, 36)), (28, 32, 36)
+    seen: list[np.ndarray] = []
+
+    def logits(batch: np.ndarray) -> np.ndarray:
+        seen.append(batch)
+        return batch.reshape(len(batch), -1)[:, :4]
+
+    validation_logits(logits, FileImageSet(paths, np.array([0, 1]), tmp_path), config, sizes)
+    as_served = [tta_crops(decode_image(path.read_bytes(), 3, DEFAULT_MAX_PIXELS, max(sizes)), config, sizes) for path in paths]
+    full_scale = [tta_crops(decode_image(path.read_bytes(), 3, DEFAULT_MAX_PIXELS), config, sizes) for path in paths]
+    np.testing.assert_array_equal(seen[0], np.concatenate(as_served))
+    assert not np.array_equal(seen[0], np.concatenate(full_scale))

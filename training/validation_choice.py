@@ -44,7 +44,8 @@ def validation_logits(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``[S, N, K]`` logits of every readable image at each resize size (centre crops), and its ``[N]`` labels."""
     per_batch, labels = [], []
-    for decoded, kept in readable_batches(images, range(len(images)), batch_size, "validation"):
+    # JPEG files decode as the service decodes a TTA request: at the DCT scale the largest candidate size needs
+    for decoded, kept in readable_batches(images, range(len(images)), batch_size, "validation", max(sizes)):
         batch = np.concatenate([tta_crops(image, config, sizes) for image in decoded])  # image-major: the sizes of one image adjacent
         per_batch.append(logits(batch).reshape(len(decoded), len(sizes), -1))
         labels += images.labels[kept].tolist()
