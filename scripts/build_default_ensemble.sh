@@ -12,15 +12,15 @@ cd "$(dirname "$0")/.."
 REPOSITORY=${1:-models}
 RUNS=${RUNS:-runs/default}
 EPOCHS=${EPOCHS:-30}  # a cap the plateau schedule stops before (at 13, 21 and 24 epochs): every member trains until its lr falls below --min-lr (docs/results.md)
-# The recommended recipe (docs/results.md, "The recommended recipe"): its `productrec train` options
-read -r -a RECIPE <<< "${RECIPE:---loss bsce --posthoc-adjust}"
-# Then class offsets fitted on the 5,000 validation images, kept by each member only if a cross-fit there lowers its
-# error (docs/results.md, "The default ensemble's class offsets"); a finished run gets them on --resume.
-read -r -a POSTHOC <<< "${POSTHOC:---posthoc-offsets}"
+# The recommended recipe (docs/results.md, "The recommended recipe"): its `productrec train` options. The class offsets
+# are fitted after the last epoch, kept only if a cross-fit on validation lowers the error; a finished run gets them on --resume.
+read -r -a RECIPE <<< "${RECIPE:---loss bsce --posthoc-adjust --posthoc-offsets}"
 # Extra `productrec train` options, e.g. CI's tiny ensemble: TRAIN_ARGS="--max-per-class 60 --test-per-class 10"
 read -r -a TRAIN_ARGS <<< "${TRAIN_ARGS:---test-per-class 300}"
 PRODUCTREC=${PRODUCTREC:-.venv/bin/productrec}  # e.g. another checkout's venv
-QUARTER='channels=(16, 32, 64, 128)'
+# The members' stage widths (a quarter of ResNet-18's); the stems follow the first stage (ResNeSt's deep stem: half of it)
+CHANNELS=${CHANNELS:-16, 32, 64, 128}
+STEM=${CHANNELS%%,*}
 
 build_member() {
     local name=$1 model=$2 stem_width=$3 run="$RUNS/$1"
@@ -31,7 +31,7 @@ build_member() {
     echo "== $name ($model): train"
     local resume=()
     [ -f "$run/last.pt" ] && resume=(--resume)  # continues an interrupted run; a finished one returns at once
-    "$PRODUCTREC" train --model "$model" --model-kwargs "$QUARTER" "stem_width=$stem_width" "${RECIPE[@]}" "${POSTHOC[@]}" \
+    "$PRODUCTREC" train --model "$model" --model-kwargs "channels=($CHANNELS)" "stem_width=$stem_width" "${RECIPE[@]}" \
         --imbalance-ratio 100 --noise-rate 0.4 --noise-type symmetric \
         --epochs "$EPOCHS" --lr 0.05 --patience 2 --min-lr 5e-4 --batch-size 64 --workers 1 \
         --output "$run" "${TRAIN_ARGS[@]}" "${resume[@]}"
@@ -42,9 +42,9 @@ build_member() {
 }
 
 start=$(date +%s)
-build_member resnet resnet18 16
-build_member seresnet seresnet18 16
-build_member resnest resnest14d 8
+build_member resnet resnet18 "$STEM"
+build_member seresnet seresnet18 "$STEM"
+build_member resnest resnest14d $(( STEM / 2 ))
 echo "== ensemble: the combination (top-1 vote or mean probability) with the lower validation error"
 "$PRODUCTREC" evaluate --repository "$REPOSITORY" --choose-strategy --no-memorisation --batch-size 256
 echo "== default ensemble in $REPOSITORY ($(( $(date +%s) - start )) s)"

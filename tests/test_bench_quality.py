@@ -73,6 +73,25 @@ def test_recipe_is_chosen_by_validation_not_by_test_error() -> None:
     assert choice["relative_gain"]["sym40"] == pytest.approx(0.25) and choice["meets_bar"]
 
 
+def test_recipe_must_meet_the_bar_on_validation_where_a_row_does() -> None:
+    def cell(val: float) -> dict:
+        return {"top1_error": {"mean": val}, "best_val_error": {"mean": val}}
+
+    cells = {name: {loss: None for loss in LOSSES} for name in SETTINGS}
+    for name in SETTINGS:
+        cells[name]["ce"] = cell(0.40 if name != "clean" else 0.20)
+        cells[name]["la"] = cell(0.20 if name != "asym40" else 0.36)  # lowest noisy mean, 10% below ce on asym40 only
+        cells[name]["sce"] = cell(0.33 if name != "clean" else 0.20)  # 17.5% below ce in both 40% settings
+    cells["clean"]["la"] = cell(0.20)
+    choice = choose_recipe(cells, LOSSES)
+    assert choice["loss"] == "sce" and choice["meets_bar_on_validation"]
+    assert choice["validation_gain"]["la"] == pytest.approx(0.10)
+    for name in SETTINGS:
+        cells[name]["sce"] = None  # no row meets the bar on validation: the clean point alone decides
+    choice = choose_recipe(cells, LOSSES)
+    assert choice["loss"] == "la" and not choice["meets_bar_on_validation"]
+
+
 def test_report_tables_plots_and_missing_cells_keep_the_rest_of_results_md(tmp_path: Path, fmnist_dir: Path) -> None:
     from training.config import DataConfig
 

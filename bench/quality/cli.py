@@ -12,6 +12,7 @@ import bench.quality
 from bench import REPO
 from bench.quality.plan import LOSSES, SETTINGS, TABLE_ROWS, plan, recipe_of
 from bench.quality.run import reevaluate_all, run_all
+from training.config import BENCHMARK_VAL_PER_CLASS
 
 # The CPU table's recipe, chosen by measurement on 2 shared cores (docs/results.md, "Recipe and budget").
 QUARTER_RESNET10T = ["channels=(16, 32, 64, 128)", "stem_width=16"]
@@ -46,7 +47,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     recipe.add_argument("--min-lr", type=float, default=1e-5)
     recipe.add_argument("--batch-size", type=int, default=32)
     recipe.add_argument("--max-per-class", type=int, default=1000, help="n_max of the long tail (0: all that remain after validation)")
-    recipe.add_argument("--val-per-class", type=int, default=30)
+    recipe.add_argument("--val-per-class", type=int, default=BENCHMARK_VAL_PER_CLASS, help="clean validation images per class (the benchmark's own default: a 1-point difference must show above sampling error)")
     recipe.add_argument("--test-per-class", type=int, default=0, help="official test images per class (0: all 1,000)")
     recipe.add_argument("--workers", type=int, default=0)
     recipe.add_argument("--input-size", type=int, default=28, help="model input side (the GPU table: 64)")

@@ -80,9 +80,8 @@ def discussion(numbers: dict[str, Any]) -> list[str]:
         lines.append(
             f"- Class offsets were kept (their 2-fold cross-fit on the validation split made fewer mistakes) in {sum(map(sum, kept.values()))} "
             f"of {len(fitted)} runs: " + ", ".join(f"{loss} {sum(flags)}/{len(flags)}" for loss, flags in kept.items()) + ". Elsewhere the "
-            "row is its run without offsets, seed for seed. With 30 validation images a class, a half holds 15: too few for 10 offsets to "
-            "beat the logits they correct where those are already adjusted (+pla); on the default ensemble's 5,000 validation images "
-            "every member keeps them (docs/results.md, \"The default ensemble's class offsets\")."
+            f"row is its run without offsets, seed for seed (each half of the cross-fit holds {numbers['recipe']['val_per_class'] // 2} "
+            "validation images a class)."
         )
     groups = {
         name: [main[loss] for loss in members if main.get(loss) is not None] for name, members in (("long-tail", LONG_TAIL), ("noise-robust", NOISE_ROBUST))
