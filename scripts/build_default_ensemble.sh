@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the default ensemble into a model repository (default: models/) with the project's own pipeline:
-# three quarter-width members of three timm families (ResNet, SE-ResNet, ResNeSt: the ensemble of
+# three half-width members of three timm families (ResNet, SE-ResNet, ResNeSt: the ensemble of
 # docs/results.md), trained with the recommended recipe (RECIPE, docs/results.md: the loss row chosen by
 # validation on the quality table) on the Fashion-MNIST-LT benchmark (ρ = 100, 40% symmetric label
 # noise), evaluated on the official test set, exported to ONNX and combined by top-1 voting or by the mean
@@ -18,8 +18,8 @@ read -r -a RECIPE <<< "${RECIPE:---loss bsce --posthoc-adjust --posthoc-offsets}
 # Extra `productrec train` options, e.g. CI's tiny ensemble: TRAIN_ARGS="--max-per-class 60 --test-per-class 10"
 read -r -a TRAIN_ARGS <<< "${TRAIN_ARGS:---test-per-class 300}"
 PRODUCTREC=${PRODUCTREC:-.venv/bin/productrec}  # e.g. another checkout's venv
-# The members' stage widths (a quarter of ResNet-18's); the stems follow the first stage (ResNeSt's deep stem: half of it)
-CHANNELS=${CHANNELS:-16, 32, 64, 128}
+# The members' stage widths (half of ResNet-18's, chosen by validation over a quarter: docs/results.md); the stems follow the first stage (ResNeSt's deep stem: half of it)
+CHANNELS=${CHANNELS:-32, 64, 128, 256}
 STEM=${CHANNELS%%,*}
 
 build_member() {
