@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPOSITORY=${1:-models}
 RUNS=${RUNS:-runs/default}
-EPOCHS=${EPOCHS:-30}  # a cap the plateau schedule stops before (at 13, 21 and 24 epochs): every member trains until its lr falls below --min-lr (docs/results.md)
+EPOCHS=${EPOCHS:-30}  # a cap the plateau schedule stops before (at 29, 21 and 27 epochs; 13, 21 and 24 at quarter width): every member trains until its lr falls below --min-lr (docs/results.md)
 # The recommended recipe (docs/results.md, "The recommended recipe"): its `productrec train` options. The class offsets
 # are fitted after the last epoch, kept only if a cross-fit on validation lowers the error; a finished run gets them on --resume.
 read -r -a RECIPE <<< "${RECIPE:---loss bsce --posthoc-adjust --posthoc-offsets}"
