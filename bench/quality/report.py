@@ -18,6 +18,7 @@ from bench.quality.collect import CLEAN_TOLERANCE, REQUIRED_GAIN, collect, image
 from bench.quality.discussion import discussion
 from bench.quality.plan import MAIN, NOISY_40, OFFSETS, SETTINGS, Spec, recipe_of, row_summary, row_words
 from bench.quality.plot import plot_per_class, plot_susceptibility_vs_memorisation, plot_training_curves
+from training.fashion_mnist import FASHION_MNIST_LABELS
 
 log = logging.getLogger("productrec.bench.quality")
 COMMAND = "PY=.venv/bin/python scripts/quality_cpu.sh"
@@ -158,7 +159,7 @@ def recipe_text(recipe: dict[str, Any], runs: dict[str, Any], title: str) -> str
         "the best checkpoint by validation error is tested.",
         f"- Data: Fashion-MNIST-LT with n_max = {recipe['max_per_class']} ({example['train_images'] if example else '?'} training images at ρ = 100), "
         f"a clean balanced validation split of {recipe['val_per_class']} images per class (the standard error of an error rate near 0.2 "
-        f"on it: {100 * np.sqrt(0.16 / (10 * recipe['val_per_class'])):.1f} points, for a choice whose bar is 1 point), "
+        f"on it: {100 * np.sqrt(0.2 * 0.8 / (len(FASHION_MNIST_LABELS) * recipe['val_per_class'])):.1f} points, for a choice whose bar is 1 point), "
         f"{images_tested_per_run(runs) or 0:,} official test images per run; "
         f"data seed 0 (split, tail, noise), seeds 0-{recipe['seeds'] - 1} for initialisation and order.",
         f"- Why this size: measured on 2 quiet CPU cores, an epoch over these {example['train_images'] if example else '?'} images takes about "
