@@ -80,6 +80,11 @@ class ModelConfig:
     tta_sizes: tuple[int, ...] = field(default=(28, 32, 36), metadata={"help": "resize sizes for multi-crop TTA; train-time crops are scaled within this range"})
     interpolation: str = field(default="bilinear", metadata={"help": "resize interpolation", "choices": list(INTERPOLATIONS)})
     hflip: bool = field(default=True, metadata={"help": "random horizontal flips in training"})
+    mixup: float = field(
+        default=0.0,
+        metadata={"help": "mixup (Zhang et al. 2018): train on λ·x_i + (1−λ)·x_j with the loss λ·ℓ(y_i) + (1−λ)·ℓ(y_j), "
+                  "λ ~ Beta(a, a) per batch, j a shuffle of the batch; a = this value (1: λ uniform), 0: off"},
+    )
     mean: tuple[float, ...] | None = field(
         default=None,
         metadata={"help": "per-channel normalisation mean (default: Fashion-MNIST's for the benchmark, the model's pretrained (ImageNet) values otherwise)"},
@@ -216,6 +221,7 @@ class TrainConfig:
             (tta_sizes_fit(model.input_size, model.tta_sizes), "every --tta-sizes value must be >= --input-size (crops are centred, never padded)"),
             ((model.mean is None) == (model.std is None), "--mean and --std go together"),
             (model.std is None or all(value > 0 for value in model.std), "--std values must be > 0"),
+            (model.mixup >= 0, "--mixup must be >= 0 (0: off)"),
             (optim.epochs >= 1, "--epochs must be >= 1"),
             (optim.batch_size >= 1, "--batch-size must be >= 1"),
             (optim.lr > 0, "--lr must be > 0"),

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from training.distributed import sum_over_ranks, uneven_inputs
 from training.loaders import SkipLog
 from training.losses import ComposedLoss
+from training.mixup import mix
 from training.posthoc import AdjustedErrors
 
 
@@ -55,8 +56,11 @@ def train_one_epoch(
     skips: SkipLog,
     description: str,
     show_progress: bool = True,
+    mixup: float = 0.0,
 ) -> EpochResult:
-    """One pass over the loader; loss, error and sample count are those of all ranks together."""
+    """One pass over the loader; loss, error and sample count are those of all ranks together.
+
+    With ``mixup`` > 0 each batch is mixed (``training.mixup``); the error counted is against the unmixed labels."""
     model.train()
     total_loss, wrong, seen = 0.0, 0, 0
     progress = tqdm(loader, desc=description, unit="batch", leave=False, dynamic_ncols=True, disable=not show_progress)
@@ -67,9 +71,10 @@ def train_one_epoch(
                 continue
             images = batch.images.to(device, non_blocking=True)
             labels = batch.labels.to(device, non_blocking=True)
+            mixed = mix(images, labels, mixup)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                logits = model(images)
-            loss = loss_fn(logits, labels)
+                logits = model(mixed.images)
+            loss = mixed.loss(loss_fn, logits)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{description}: the loss is {loss.item()} (lower --lr?)")
             optimizer.zero_grad(set_to_none=True)

@@ -297,6 +297,7 @@ class TrainingRun:
         result = train_one_epoch(
             self.trained_model, self.train_loader, self.loss_fn, self.optimizer, self.scaler, self.device,
             self.amp_dtype, self.skips, f"epoch {epoch + 1}/{optim.epochs}", show_progress=self.rank.is_primary,
+            mixup=self.config.model.mixup,
         )
         average_buffers(self.model)
         adjusted = AdjustedErrors(self.log_prior) if self.log_prior is not None else None
