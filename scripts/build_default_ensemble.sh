@@ -32,10 +32,12 @@ train_member() {
     local name=$1 model=$2 stem_width=$3 run="$RUNS/$1"
     local resume=()
     [ -f "$run/last.pt" ] && resume=(--resume)  # continues an interrupted run; a finished one returns at once
-    # One thread per training, the three side by side: the members train in about 60% of the time they take one
-    # after another on two threads, and a thread count is part of the arithmetic (it splits the float sums), so
-    # every build on one thread reproduces the shipped members bit for bit.
-    OMP_NUM_THREADS=1 "$PRODUCTREC" train --model "$model" --model-kwargs "channels=($CHANNELS)" "stem_width=$stem_width" "${RECIPE[@]}" \
+    # One thread per training, the three side by side: the thread count is part of the arithmetic (it splits the float
+    # sums), so pinning it lets a build reproduce the members docs/results.md reports (checked on this project's 2-core
+    # machines, epoch by epoch; another instruction set may still differ in the last bits). Side by side, the two
+    # cores stay busy although each training has one thread. exec: the background job's pid is the training's.
+    export OMP_NUM_THREADS=1
+    exec "$PRODUCTREC" train --model "$model" --model-kwargs "channels=($CHANNELS)" "stem_width=$stem_width" "${RECIPE[@]}" \
         --imbalance-ratio 100 --noise-rate 0.4 --noise-type symmetric \
         --epochs "$EPOCHS" --lr 0.05 --patience "$PATIENCE" --min-lr 5e-4 --batch-size 64 --workers 1 \
         --output "$run" "${TRAIN_ARGS[@]}" "${resume[@]}"
@@ -49,6 +51,9 @@ epochs_done() {  # the epochs a member's run has logged so far
 start=$(date +%s)
 mkdir -p "$RUNS"
 pids=() names=()
+# Background jobs of a script ignore Ctrl-C: stop the trainings with the script (a rerun resumes them from last.pt).
+trap 'exit 130' INT TERM
+trap '[ ${#pids[@]} -eq 0 ] || kill "${pids[@]}" 2>/dev/null || true' EXIT
 for member in "${MEMBERS[@]}"; do
     read -r name model stem_width <<< "$member"
     if [ -d "$REPOSITORY/$name" ]; then
