@@ -82,6 +82,18 @@ def cell_numbers(group: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def bar_against_ce(errors: dict[str, float], ce: dict[str, float]) -> dict[str, Any]:
+    """The recipe's bar for one row's errors by setting against ce's: its relative gains in the 40%-noise settings, its
+    change on clean labels, and whether the bar is met (every gain >= REQUIRED_GAIN, the change <= CLEAN_TOLERANCE)."""
+    gains = {name: 1 - errors[name] / ce[name] for name in NOISY_40}
+    clean_change = errors["clean"] - ce["clean"]
+    return {
+        "relative_gain": gains,
+        "clean_change": clean_change,
+        "meets_bar": all(gain >= REQUIRED_GAIN for gain in gains.values()) and clean_change <= CLEAN_TOLERANCE,
+    }
+
+
 def choose_recipe(cells: dict[str, dict[str, Any]], rows: Sequence[str]) -> dict[str, Any] | None:
     """The row with the lowest mean best-validation error over the noisy settings, among those that meet the bar on
     validation (at most one point above ce's clean validation error, at least REQUIRED_GAIN below ce's in both 40%-noise
@@ -91,17 +103,16 @@ def choose_recipe(cells: dict[str, dict[str, Any]], rows: Sequence[str]) -> dict
     complete = [loss for loss in rows if all(cells[name].get(loss) for name in SETTINGS)]
     if BASELINE not in complete:
         return None
-    val = {name: {loss: cells[name][loss]["best_val_error"]["mean"] for loss in complete} for name in SETTINGS}
-    clean_val = val["clean"]
+    val = {loss: {name: cells[name][loss]["best_val_error"]["mean"] for name in SETTINGS} for loss in complete}
+    clean_val = {loss: val[loss]["clean"] for loss in complete}
     within_clean = [loss for loss in complete if clean_val[loss] <= clean_val[BASELINE] + CLEAN_TOLERANCE]
-    val_gain = {loss: min(1 - val[name][loss] / val[name][BASELINE] for name in NOISY_40) for loss in within_clean}
+    val_gain = {loss: min(bar_against_ce(val[loss], val[BASELINE])["relative_gain"].values()) for loss in within_clean}
     meeting = [loss for loss in within_clean if val_gain[loss] >= REQUIRED_GAIN]
     eligible = meeting or within_clean
-    noisy_val = {loss: float(np.mean([val[name][loss] for name in noisy])) for loss in eligible}
+    noisy_val = {loss: float(np.mean([val[loss][name] for name in noisy])) for loss in eligible}
     chosen = min(noisy_val, key=noisy_val.get)
     test = {name: cells[name][chosen]["top1_error"]["mean"] for name in SETTINGS}
     baseline = {name: cells[name][BASELINE]["top1_error"]["mean"] for name in SETTINGS}
-    gains = {name: 1 - test[name] / baseline[name] for name in NOISY_40}
     return {
         "loss": chosen,
         "noisy_val_error": noisy_val,
@@ -110,9 +121,7 @@ def choose_recipe(cells: dict[str, dict[str, Any]], rows: Sequence[str]) -> dict
         "clean_val_error": clean_val,
         "test_error": test,
         "baseline_test_error": baseline,
-        "relative_gain": gains,
-        "clean_change": test["clean"] - baseline["clean"],
-        "meets_bar": all(gain >= REQUIRED_GAIN for gain in gains.values()) and test["clean"] - baseline["clean"] <= CLEAN_TOLERANCE,
+        **bar_against_ce(test, baseline),
     }
 
 
