@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.config import ConfigError
+from training.config import ConfigError, DataConfig
 from training.losses import create_loss
 from training.mixup import MixedBatch, mix
 from training.runs import CONFIG_FILE, LAST_CHECKPOINT, load_checkpoint
@@ -47,8 +47,6 @@ def test_mixed_loss_is_the_lambda_weighted_loss_of_both_labels_by_hand() -> None
 
 
 def test_a_mixup_run_records_it_and_resumes_exactly(image_folder: Path, tmp_path: Path, train_config) -> None:
-    from training.config import DataConfig
-
     data = DataConfig(dataset=str(image_folder), val_per_class=4)
     options = {**{k: v for k, v in TINY.items() if k != "val_per_class"}, "mixup": 1.0}
     straight = train(train_config(data, tmp_path / "straight", epochs=2, **options))
@@ -56,8 +54,8 @@ def test_a_mixup_run_records_it_and_resumes_exactly(image_folder: Path, tmp_path
     interrupted = train(train_config(data, tmp_path / "resumed", epochs=1, **options))
     resumed = train(train_config(data, interrupted, epochs=2, resume=True, **options))
 
-    assert json.loads((straight / CONFIG_FILE).read_text())["model"]["mixup"] == 1.0
-    assert "--mixup 1.0" in json.loads((straight / CONFIG_FILE).read_text())["command"]
+    saved = json.loads((straight / CONFIG_FILE).read_text())
+    assert saved["model"]["mixup"] == 1.0 and "--mixup 1.0" in saved["command"]
     assert [r["train_loss"] for r in metrics(straight)] != pytest.approx([r["train_loss"] for r in metrics(plain)], rel=1e-3)
     assert [r["train_loss"] for r in metrics(straight)] == pytest.approx([r["train_loss"] for r in metrics(resumed)], rel=1e-5)
     for key, tensor in load_checkpoint(straight / LAST_CHECKPOINT)["model"].items():

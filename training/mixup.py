@@ -10,8 +10,8 @@ import torch
 
 @dataclass(frozen=True)
 class MixedBatch:
-    """λ·x_i + (1−λ)·x_j for j = partners' source order; ``loss`` is λ·ℓ(y_i) + (1−λ)·ℓ(y_j) (exact for losses that
-    average per-sample terms, as every preset does)."""
+    """Images λ·x_i + (1−λ)·x_j, j the partner of i in a shuffle of the batch (label y_j: ``partner_labels``); ``loss`` is
+    λ·ℓ(y_i) + (1−λ)·ℓ(y_j), exact for losses that average per-sample terms, as every preset does."""
 
     images: torch.Tensor
     labels: torch.Tensor
