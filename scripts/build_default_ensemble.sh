@@ -74,6 +74,7 @@ echo
 for i in "${!pids[@]}"; do
     wait "${pids[$i]}" || { echo "== ${names[$i]}: training failed, see $RUNS/${names[$i]}.log" >&2; tail -n 20 "$RUNS/${names[$i]}.log" >&2; exit 1; }
 done
+pids=()  # all reaped: the EXIT trap must not signal their numbers, which the system may have given to other processes
 for member in "${MEMBERS[@]}"; do
     read -r name _ _ <<< "$member"
     [ -d "$REPOSITORY/$name" ] && continue
