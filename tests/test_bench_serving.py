@@ -14,7 +14,7 @@ import pytest
 from app.engine.pipeline import Pipeline
 from bench.serving.cases import CASES
 from bench.serving.floor import http_floors
-from bench.serving.load import batch_schedule, post_images, sample_response
+from bench.serving.load import LoadRound, Reply, batch_schedule, post_images, sample_response
 from bench.serving.profile import PROFILE_CATEGORIES, category
 from bench.serving.repository import product_photos
 from bench.serving.results import ratio_bound, unavoidable_ms
@@ -44,7 +44,24 @@ def test_single_and_batch_requests_reach_the_service(photos, trained_repository,
     schedule = batch_schedule(batched.replies)
     assert sum(schedule) >= 20 and all(size >= 1 for size in schedule)
     assert set(single.replies[0].timings) == {"decode_ms", "queue_ms", "inference_ms", "total_ms"}
+    assert len(single.completions) == 6 and len(batched.completions) == 4 and batched.per_request == 5
     assert b'"labels"' in response
+
+
+def test_the_steady_rate_leaves_out_the_drain():
+    """8 requests in flight answered every 0.1 s, then the last 8 answers spread over 8 s of drain."""
+    steady = [0.1 * (index + 1) for index in range(40)]
+    drain = [steady[-1] + 1.0 * (index + 1) for index in range(8)]
+    replies = [Reply(0.8, 1, {}) for _ in range(48)]
+    round_ = LoadRound(replies, drain[-1], 0.0, concurrency=8, completions=drain + steady)
+    start, end, images = round_.steady_window()
+    assert (start, end, images) == (pytest.approx(0.8), pytest.approx(4.0), 32)
+    assert round_.steady_images_per_s == pytest.approx(10.0)
+    assert round_.images_per_s == pytest.approx(4.0)
+    per_request = LoadRound(replies[:40], drain[-1], 0.0, concurrency=8, per_request=5, completions=steady[:8])
+    assert per_request.steady_window() is None and per_request.steady_images_per_s == per_request.images_per_s
+    batched = LoadRound(replies * 5, 4.0, 0.0, concurrency=8, per_request=5, completions=steady)
+    assert batched.steady_images_per_s == pytest.approx(50.0)
 
 
 def test_the_floors_answer_like_the_service(photos, trained_repository, tmp_path):

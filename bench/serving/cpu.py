@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -51,9 +53,49 @@ def process_cpu(pid: int) -> float:
 
 def machine_busy_s() -> float:
     """CPU seconds all processes have used since boot (every core)."""
-    values = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = values[3] + values[4]
-    return (sum(values[:8]) - idle) / CLOCK_TICKS
+    total, idle = machine_cpu_ticks()
+    return (total - idle) / CLOCK_TICKS
+
+
+def machine_cpu_ticks() -> tuple[int, int]:
+    """(all, idle) clock ticks of every core since boot, from /proc/stat."""
+    values = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    return sum(values), values[3] + values[4]
+
+
+class IdleSampler:
+    """The machine's idle share between any two moments of the block, from /proc/stat read every ``interval_s``.
+
+    Use: ``with IdleSampler() as idle: ...`` then ``idle.share(start, end)`` with ``time.perf_counter()`` moments.
+    """
+
+    def __init__(self, interval_s: float = 0.1) -> None:
+        self.interval_s = interval_s
+        self.samples: list[tuple[float, int, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="idle-sampler", daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            self.samples.append((time.perf_counter(), *machine_cpu_ticks()))
+            if self._stop.wait(self.interval_s):
+                self.samples.append((time.perf_counter(), *machine_cpu_ticks()))
+                return
+
+    def __enter__(self) -> "IdleSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def share(self, start: float, end: float) -> float | None:
+        """Idle ticks over all ticks between the samples nearest inside [start, end]; None under two samples."""
+        inside = [sample for sample in self.samples if start <= sample[0] <= end]
+        if len(inside) < 2 or inside[-1][1] == inside[0][1]:
+            return None
+        return (inside[-1][2] - inside[0][2]) / (inside[-1][1] - inside[0][1])
 
 
 def python_thread_names(pid: int) -> dict[int, str]:

@@ -7,7 +7,7 @@ import json
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 MULTIPART_BOUNDARY = "productrec-bench-boundary"
@@ -25,6 +25,38 @@ class LoadRound:
     replies: list[Reply]
     wall_s: float
     client_cpu_s: float
+    concurrency: int = 1
+    per_request: int = 1
+    completions: list[float] = field(default_factory=list)  # time.perf_counter() of each answer read
+
+    @property
+    def images_per_s(self) -> float:
+        """Over the whole round, the drain at its end included."""
+        return len(self.replies) / self.wall_s
+
+    def steady_window(self) -> tuple[float, float, int] | None:
+        """(start, end, images answered in between) of the part of the round with ``concurrency`` requests in flight.
+
+        A closed loop issues its k-th request (k >= concurrency) when it reads the (k - concurrency)-th answer,
+        so the load is whole from the ``concurrency``-th answer (every first request has been answered, the
+        pipeline has filled) until the answer after which the last request went out; past it the round drains
+        and cores fall idle that a continuous load would keep busy. Triton's perf_analyzer measures the same
+        way, in windows of a load that never drains. None when the round is too short to have such a part.
+        """
+        done = sorted(self.completions)
+        first, last = self.concurrency - 1, len(done) - self.concurrency - 1
+        if last - first < self.concurrency:
+            return None
+        return done[first], done[last], (last - first) * self.per_request
+
+    @property
+    def steady_images_per_s(self) -> float:
+        """Images/s in ``steady_window`` (the whole round's rate when it has none)."""
+        window = self.steady_window()
+        if window is None:
+            return self.images_per_s
+        start, end, images = window
+        return images / (end - start)
 
 
 def batch_body(photos: Sequence[bytes]) -> bytes:
@@ -68,6 +100,7 @@ def post_images(
     lock = threading.Lock()
     issued = 0
     replies: list[Reply] = []
+    completions: list[float] = []
     failures: list[str] = []
     client_cpu = [0.0] * concurrency
     deadline = time.perf_counter() + timeout_s
@@ -92,7 +125,8 @@ def post_images(
                 connection.request("POST", target, body=body, headers=fields)
                 response = connection.getresponse()
                 payload = response.read()
-                latency = time.perf_counter() - started
+                done = time.perf_counter()
+                latency = done - started
                 if response.status != 200:
                     failures.append(f"HTTP {response.status}: {payload[:500].decode(errors='replace')}")
                     break
@@ -103,6 +137,7 @@ def post_images(
                     break
                 with lock:
                     replies.extend(Reply(latency, p["batch_size"], p["timings"]) for p in predictions)
+                    completions.append(done)
                 for _ in predictions:
                     on_reply()
         except Exception as exc:  # noqa: BLE001 - reported below, in the main thread
@@ -122,7 +157,7 @@ def post_images(
         raise RuntimeError(f"{len(failures)} request(s) failed; first: {failures[0]}")
     if not replies:
         raise RuntimeError("no request completed within the round's time limit")
-    return LoadRound(replies, wall, sum(client_cpu))
+    return LoadRound(replies, wall, sum(client_cpu), concurrency, per_request, completions)
 
 
 def batch_schedule(replies: Sequence[Reply]) -> list[int]:

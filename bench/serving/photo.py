@@ -13,6 +13,7 @@ Measured in one run (the ratios compare figures of the same run):
   configuration given ProductRec's own ``decode_crops``, and the limit (raw onnxruntime on the same
   crops, at the batch sizes ProductRec formed) for the plain path, and ProductRec against the limit for TTA;
   the server not being measured is stopped (SIGSTOP) meanwhile, since an idle LitServe still polls;
+  servers are compared at their steady rate (``LoadRound.steady_window``), the whole rounds' rate beside it;
 - the tail: p50/p95/p99 at concurrency 64 on the small (default-ensemble-like) case.
 
 Photos: ``bench.serving.photos.skimage_photos`` (6 pictures x 640x480, 1024x768, 2048x1536, JPEG q90).
@@ -41,6 +42,7 @@ from app.engine.ensemble import Ensemble
 from bench import REPO
 from bench.litserve_peer import user_crops
 from bench.preprocess_cost import decoding_cost, preprocessing_cost
+from bench.serving.cpu import IdleSampler
 from bench.serving.limit import Limit
 from bench.serving.load import LoadRound, batch_schedule, post_images
 from bench.serving.photos import PHOTO_SIZES, skimage_photos
@@ -95,7 +97,8 @@ def load(service: Service, photos: Sequence[bytes], requests: int, concurrency: 
 
 
 def summary(round_: LoadRound) -> dict:
-    return {"images_per_s": len(round_.replies) / round_.wall_s, "latency_ms": latency_ms(round_.replies),
+    return {"images_per_s": round_.steady_images_per_s, "whole_round_images_per_s": round_.images_per_s,
+            "latency_ms": latency_ms(round_.replies),
             "mean_batch": float(np.mean([reply.batch_size for reply in round_.replies]))}
 
 
@@ -142,35 +145,47 @@ def paused(services: Iterable[Service]) -> Iterator[None]:
 
 def rounds(service: Service, limit: Limit, photos: Sequence[bytes], requests: int, count: int,
            peers: dict[str, Service] | None = None) -> dict:
-    """``count`` rounds of ProductRec, each peer (name -> service) and the limit, alternating."""
+    """``count`` rounds of ProductRec, each peer (name -> service) and the limit, alternating.
+
+    Servers are compared at their steady rate (``LoadRound.steady_window``: the load whole, its drain left out),
+    the whole round's rate kept beside it, with the machine's idle share in ProductRec's steady part and drain.
+    """
     peers = peers or {}
-    result: dict[str, list] = {"productrec": [], "limit": [], "latency": []}
-    peer_rates: dict[str, list[float]] = {name: [] for name in peers}
-    peer_latency: dict[str, list[float]] = {name: [] for name in peers}
+    result: dict[str, list] = {"steady": [], "whole": [], "limit": [], "latency": [], "idle_steady": [], "idle_drain": []}
+    peer_rates: dict[str, list[LoadRound]] = {name: [] for name in peers}
     with paused(peers.values()):
         load(service, photos, 2 * CONCURRENCY)
         limit.run([CONCURRENCY])
     for _ in range(count):
         with paused(peers.values()):
-            served = post_images(service.port, photos, CONCURRENCY, requests, 300, 600)
-            result["productrec"].append(len(served.replies) / served.wall_s)
+            with IdleSampler() as idle:
+                served = post_images(service.port, photos, CONCURRENCY, requests, 300, 600)
+            result["steady"].append(served.steady_images_per_s)
+            result["whole"].append(served.images_per_s)
             result["latency"] += [reply.latency_s for reply in served.replies]
+            window = served.steady_window()
+            if window is not None:
+                result["idle_steady"].append(idle.share(window[0], window[1]))
+                result["idle_drain"].append(idle.share(window[1], max(served.completions)))
             result["limit"].append(limit_round(limit, served))
         for name, peer_service in peers.items():
             with paused([service, *(other for other in peers.values() if other is not peer_service)]):
-                other = post_images(peer_service.port, photos, CONCURRENCY, requests, 300, 600, request=peer_request)
-            peer_rates[name].append(len(other.replies) / other.wall_s)
-            peer_latency[name] += [reply.latency_s for reply in other.replies]
+                peer_rates[name].append(post_images(peer_service.port, photos, CONCURRENCY, requests, 300, 600, request=peer_request))
     point = {
-        "productrec_images_per_s": result["productrec"],
+        "productrec_images_per_s": result["steady"],
+        "productrec_whole_round_images_per_s": result["whole"],
         "limit_images_per_s": result["limit"],
-        "ratio_to_limit": [p / q for p, q in zip(result["productrec"], result["limit"])],
+        "ratio_to_limit": [p / q for p, q in zip(result["steady"], result["limit"])],
+        "ratio_to_limit_whole_round": [p / q for p, q in zip(result["whole"], result["limit"])],
+        "idle_share_steady": result["idle_steady"],
+        "idle_share_drain": result["idle_drain"],
         "latency_ms": latency_ms([_Latency(s) for s in result["latency"]]),
     }
-    for name in peers:  # e.g. litserve_images_per_s, ratio_to_litserve, litserve_latency_ms
-        point[f"{name}_images_per_s"] = peer_rates[name]
-        point[f"ratio_to_{name}"] = [p / q for p, q in zip(result["productrec"], peer_rates[name])]
-        point[f"{name}_latency_ms"] = latency_ms([_Latency(s) for s in peer_latency[name]])
+    for name, served_rounds in peer_rates.items():  # e.g. litserve_images_per_s, ratio_to_litserve, litserve_latency_ms
+        point[f"{name}_images_per_s"] = [round_.steady_images_per_s for round_ in served_rounds]
+        point[f"{name}_whole_round_images_per_s"] = [round_.images_per_s for round_ in served_rounds]
+        point[f"ratio_to_{name}"] = [p / q for p, q in zip(result["steady"], point[f"{name}_images_per_s"])]
+        point[f"{name}_latency_ms"] = latency_ms([reply for round_ in served_rounds for reply in round_.replies])
     return point
 
 
@@ -245,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.serving.photo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=160, help="plain path: images per round and server")
-    parser.add_argument("--tta-requests", type=int, default=16, help="TTA: images per round")
+    parser.add_argument("--tta-requests", type=int, default=96, help="TTA: images per round (a steady part needs over 3x concurrency)")
     parser.add_argument("--sweep-requests", type=int, default=96, help="images per sweep configuration")
     parser.add_argument("--tail-requests", type=int, default=1500)
     parser.add_argument("--rounds", type=int, default=3)

@@ -23,7 +23,7 @@ def _throughput(axis, results: dict) -> None:
     }
     axis.bar(list(bars), list(bars.values()), color=["tab:blue", "tab:orange", "tab:gray", "tab:blue", "tab:gray"])
     axis.set_yscale("log")
-    axis.set_ylabel("images/s (log), mean of the rounds")
+    axis.set_ylabel("images/s (log), steady, mean of the rounds")
     axis.set_title("concurrency 8, same run")
     axis.tick_params(axis="x", labelsize=8)
 
