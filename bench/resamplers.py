@@ -20,11 +20,14 @@ for all. The crops a model sees are defined by its manifest's ``interpolation``,
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
+from datetime import datetime, timezone
 from typing import Callable
 
 import numpy as np
+import PIL
 from PIL import Image
 
 from bench import REPO
@@ -64,6 +67,7 @@ def measure() -> dict:
     from app.contract.preprocess import decode_image
     from bench.serving.photos import skimage_photos
 
+    load_at_start = os.getloadavg()
     cv2.setNumThreads(1)
     images = [decode_image(data, 3, 10**9, max(TTA)) for data in skimage_photos()]
     ways = {
@@ -73,8 +77,8 @@ def measure() -> dict:
         f"OpenCV {cv2.__version__} bicubic": ("bicubic", _opencv(cv2.INTER_CUBIC)),
         f"OpenCV {cv2.__version__} area": ("bicubic", _opencv(cv2.INTER_AREA)),
     }
-    reference = {name: [make(image) for image in images] for name, make in (("bicubic", _pillow("bicubic")), ("bilinear", _pillow("bilinear")))}
-    results = {}
+    crops = {name: [make(image) for image in images] for name, (_, make) in ways.items()}
+    rows = {}
     for name, (against, make) in ways.items():
         passes = []
         for _ in range(PASSES):
@@ -84,16 +88,23 @@ def measure() -> dict:
             passes.append((time.process_time() - started) / len(images) * 1000)
         levels = np.concatenate([
             np.abs(ours.astype(np.int16) - theirs.astype(np.int16)).ravel()
-            for image, crops in zip(images, reference[against]) for ours, theirs in zip(make(image), crops)
+            for image_crops, reference in zip(crops[name], crops[f"Pillow {against}"]) for ours, theirs in zip(image_crops, reference)
         ])
-        results[name] = {"cpu_ms_per_photo": statistics.median(passes), "against": f"Pillow {against}",
-                         "mean_levels": float(levels.mean()), "p99_levels": float(np.percentile(levels, 99)), "max_levels": int(levels.max())}
-    return results
+        rows[name] = {"cpu_ms_per_photo": statistics.median(passes), "against": f"Pillow {against}",
+                      "mean_levels": float(levels.mean()), "p99_levels": float(np.percentile(levels, 99)), "max_levels": int(levels.max())}
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": {"cpus": os.cpu_count(), "loadavg_start": " ".join(f"{v:.1f}" for v in load_at_start)},
+        "versions": {"Pillow": PIL.__version__, "opencv": cv2.__version__, "numpy": np.__version__},
+        "photos": len(images), "sizes": list(TTA), "crop": CROP, "passes": PASSES,
+        "ways": rows,
+    }
 
 
 def main() -> int:
     results = measure()
-    for name, row in results.items():
+    print(f"{results['date']}, {results['machine']['cpus']} CPUs, load average {results['machine']['loadavg_start']}")
+    for name, row in results["ways"].items():
         print(f"{name:28s} {row['cpu_ms_per_photo']:5.2f} ms per photo; against {row['against']}: mean {row['mean_levels']:.2f}, "
               f"p99 {row['p99_levels']:.0f}, max {row['max_levels']} levels")
     out = REPO / "bench" / "results" / "resamplers.json"

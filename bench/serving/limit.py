@@ -57,7 +57,7 @@ class Limit:
     def run_parallel(self, schedule: Sequence[int]) -> float:
         """Wall seconds of the same batches on ``parallel``, one call per core at a time: the limit when
         one session's threads wait for each other (small per-operator work) and independent calls do not.
-        The largest batches go first, so that the cores finish together (the best order for the limit)."""
+        The largest batches go first, so that the cores finish about together (longest first)."""
         batches = [self.images(size) for size in sorted(schedule, reverse=True)]
         with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
             started = time.perf_counter()

@@ -8,7 +8,9 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
 
 MULTIPART_BOUNDARY = "productrec-bench-boundary"
 
@@ -18,6 +20,15 @@ class Reply:
     latency_s: float
     batch_size: int
     timings: dict[str, float]
+    done_at: float = 0.0  # time.perf_counter() when its answer was read
+
+
+class SteadyWindow(NamedTuple):
+    """The part of a closed-loop round with every request in flight (``LoadRound.steady_window``)."""
+
+    start: float  # time.perf_counter() of the concurrency-th answer
+    end: float  # of the answer after which the last request went out
+    answers: list[float]  # the times of the answers from start to end, both included
 
 
 @dataclass
@@ -34,29 +45,41 @@ class LoadRound:
         """Over the whole round, the drain at its end included."""
         return len(self.replies) / self.wall_s
 
-    def steady_window(self) -> tuple[float, float, int] | None:
-        """(start, end, images answered in between) of the part of the round with ``concurrency`` requests in flight.
+    def steady_window(self) -> SteadyWindow | None:
+        """The part of the round with ``concurrency`` requests in flight; None when the round is too short.
 
-        A closed loop issues its k-th request (k >= concurrency) when it reads the (k - concurrency)-th answer,
-        so the load is whole from the ``concurrency``-th answer (every first request has been answered, the
-        pipeline has filled) until the answer after which the last request went out; past it the round drains
-        and cores fall idle that a continuous load would keep busy. Triton's perf_analyzer measures the same
-        way, in windows of a load that never drains. None when the round is too short to have such a part.
+        A closed loop sends its k-th request (k >= concurrency) when it reads the (k - concurrency)-th
+        answer. The window starts at the ``concurrency``-th answer (the pipeline has filled) and ends at
+        the answer after which the last request went out; past it the round drains, and cores fall idle
+        that a continuous load would keep busy. Triton's perf_analyzer measures the same way, in windows
+        of a load that never drains. A round needs at least 3 x ``concurrency`` answers to have one.
         """
         done = sorted(self.completions)
         first, last = self.concurrency - 1, len(done) - self.concurrency - 1
         if last - first < self.concurrency:
             return None
-        return done[first], done[last], (last - first) * self.per_request
+        return SteadyWindow(done[first], done[last], done[first:last + 1])
 
     @property
     def steady_images_per_s(self) -> float:
-        """Images/s in ``steady_window`` (the whole round's rate when it has none)."""
+        """Images/s over ``steady_window``: the least-squares slope of images answered against time.
+
+        A batching server answers a batch's requests together; a slope, unlike a count over the window's
+        span, does not hinge on whether the window's ends cut a burst (tested).
+        """
         window = self.steady_window()
         if window is None:
-            return self.images_per_s
-        start, end, images = window
-        return images / (end - start)
+            raise ValueError(f"a round of {len(self.completions)} requests at concurrency {self.concurrency} has no steady part "
+                             f"(it needs {3 * self.concurrency})")
+        answered = np.arange(len(window.answers)) * self.per_request
+        return float(np.polyfit(np.asarray(window.answers) - window.start, answered, 1)[0])
+
+    def steady_replies(self) -> list[Reply]:
+        """The replies answered within ``steady_window`` (all of them when it has none)."""
+        window = self.steady_window()
+        if window is None:
+            return self.replies
+        return [reply for reply in self.replies if window.start <= reply.done_at <= window.end]
 
 
 def batch_body(photos: Sequence[bytes]) -> bytes:
@@ -136,7 +159,7 @@ def post_images(
                     failures.append(f"a batch item failed: {payload[:500].decode(errors='replace')}")
                     break
                 with lock:
-                    replies.extend(Reply(latency, p["batch_size"], p["timings"]) for p in predictions)
+                    replies.extend(Reply(latency, p["batch_size"], p["timings"], done) for p in predictions)
                     completions.append(done)
                 for _ in predictions:
                     on_reply()

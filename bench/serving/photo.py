@@ -133,9 +133,9 @@ def single_thread_ensemble(settings) -> Ensemble:
 
 
 def limit_round(limit: Limit, round_: LoadRound) -> float:
-    """Images/s of raw onnxruntime replaying the batch sizes ``round_`` formed: the best of two replays on the
-    service's session options and two with one single-thread call per core at a time."""
-    schedule = batch_schedule(round_.replies)
+    """Images/s of raw onnxruntime replaying the batch sizes ``round_`` formed in its steady part: the best of two
+    replays on the service's session options and two with one single-thread call per core at a time."""
+    schedule = batch_schedule(round_.steady_replies())
     seconds = [limit.run(schedule)[0] for _ in range(2)] + [limit.run_parallel(schedule) for _ in range(2)]
     return sum(schedule) / min(seconds)
 
@@ -158,25 +158,24 @@ def rounds(service: Service, limit: Limit, photos: Sequence[bytes], requests: in
     """
     peers = peers or {}
     result: dict[str, list] = {"steady": [], "whole": [], "limit": [], "latency": [], "idle_steady": [], "idle_drain": []}
-    peer_rates: dict[str, list[LoadRound]] = {name: [] for name in peers}
+    peer_rounds: dict[str, list[LoadRound]] = {name: [] for name in peers}
     with paused(peers.values()):
         load(service, photos, 2 * CONCURRENCY)
         limit.run([CONCURRENCY])
     for _ in range(count):
         with paused(peers.values()):
-            with IdleSampler() as idle:
+            with IdleSampler(0.05) as idle:
                 served = post_images(service.port, photos, CONCURRENCY, requests, 300, 600)
             result["steady"].append(served.steady_images_per_s)
             result["whole"].append(served.images_per_s)
             result["latency"] += [reply.latency_s for reply in served.replies]
-            window = served.steady_window()
-            if window is not None:
-                result["idle_steady"].append(idle.share(window[0], window[1]))
-                result["idle_drain"].append(idle.share(window[1], max(served.completions)))
+            window = served.steady_window()  # there is one: main() checks the round's length
+            result["idle_steady"].append(idle.share(window.start, window.end))
+            result["idle_drain"].append(idle.share(window.end, max(served.completions)))
             result["limit"].append(limit_round(limit, served))
         for name, peer_service in peers.items():
             with paused([service, *(other for other in peers.values() if other is not peer_service)]):
-                peer_rates[name].append(post_images(peer_service.port, photos, CONCURRENCY, requests, 300, 600, request=peer_request))
+                peer_rounds[name].append(post_images(peer_service.port, photos, CONCURRENCY, requests, 300, 600, request=peer_request))
     point = {
         "productrec_images_per_s": result["steady"],
         "productrec_whole_round_images_per_s": result["whole"],
@@ -187,7 +186,7 @@ def rounds(service: Service, limit: Limit, photos: Sequence[bytes], requests: in
         "idle_share_drain": result["idle_drain"],
         "latency_ms": latency_ms([_Latency(s) for s in result["latency"]]),
     }
-    for name, served_rounds in peer_rates.items():  # e.g. litserve_images_per_s, ratio_to_litserve, litserve_latency_ms
+    for name, served_rounds in peer_rounds.items():  # e.g. litserve_images_per_s, ratio_to_litserve, litserve_latency_ms
         point[f"{name}_images_per_s"] = [round_.steady_images_per_s for round_ in served_rounds]
         point[f"{name}_whole_round_images_per_s"] = [round_.images_per_s for round_ in served_rounds]
         point[f"ratio_to_{name}"] = [p / q for p, q in zip(result["steady"], point[f"{name}_images_per_s"])]
@@ -222,6 +221,7 @@ def measure(args: argparse.Namespace) -> dict:
     results: dict = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "python -m bench.serving.photo " + " ".join(args.argv),
+        "concurrency": CONCURRENCY,
         "machine": {"cpus": os.cpu_count(), "loadavg_start": " ".join(f"{v:.1f}" for v in os.getloadavg())},
         "photos": {"count": len(photos), "sizes": ["x".join(map(str, size)) for size in PHOTO_SIZES],
                    "mean_kib": float(np.mean([len(p) for p in photos]) / 1024)},
@@ -269,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.serving.photo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=160, help="plain path: images per round and server")
-    parser.add_argument("--tta-requests", type=int, default=96, help="TTA: images per round (a steady part needs over 3x concurrency)")
+    parser.add_argument("--tta-requests", type=int, default=96, help="TTA: images per round")
     parser.add_argument("--sweep-requests", type=int, default=96, help="images per sweep configuration")
     parser.add_argument("--tail-requests", type=int, default=1500)
     parser.add_argument("--rounds", type=int, default=3)
@@ -278,6 +278,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "serving-bench")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "serving-photo.json")
     args = parser.parse_args(argv)
+    for option in ("requests", "tta_requests", "sweep_requests"):
+        if getattr(args, option) < 3 * CONCURRENCY:  # LoadRound.steady_window
+            parser.error(f"--{option.replace('_', '-')} must be at least {3 * CONCURRENCY}: a round needs a steady part")
     args.argv = list(argv if argv is not None else sys.argv[1:])
     results = measure(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -41,10 +41,7 @@ def _latency(point: dict) -> str:
 
 def _whole_round(point: dict, server: str) -> str:
     """A server's rate over whole rounds (the drain included) and, for ProductRec, its ratio to the limit."""
-    rates = point.get(f"{server}_whole_round_images_per_s")
-    if rates is None:  # results of an older run, measured over whole rounds only
-        return "-"
-    text = f"{_mean(rates):.1f}"
+    text = f"{_mean(point[f'{server}_whole_round_images_per_s']):.1f}"
     if server == "productrec":
         text += f" ({_mean(point['ratio_to_limit_whole_round']):.2f})"
     return text
@@ -73,14 +70,12 @@ def _throughput_rows(results: dict) -> list[list[str]]:
 
 def _idle(point: dict) -> str:
     """The machine's idle share in ProductRec's rounds: in their steady part and in their drain."""
-    steady = [value for value in point.get("idle_share_steady", []) if value is not None]
-    drain = [value for value in point.get("idle_share_drain", []) if value is not None]
-    if not steady:
-        return ""
-    text = f"the machine was idle {100 * _mean(steady):.1f}% of the time in the steady part of ProductRec's rounds"
-    if drain:
-        text += f" and {100 * _mean(drain):.0f}% in their drain (rounds {', '.join(f'{100 * v:.0f}%' for v in drain)})"
-    return text
+    def share(value: float | None) -> str:  # None: the part was shorter than two samples of /proc/stat
+        return "-" if value is None else f"{100 * value:.1f}%"
+
+    return (f"the machine's idle share in the steady part of each of ProductRec's rounds was "
+            f"{', '.join(share(value) for value in point['idle_share_steady'])}, and in their drains "
+            f"{', '.join(share(value) for value in point['idle_share_drain'])}")
 
 
 def _sweep_rows(results: dict) -> list[list[str]]:
@@ -175,16 +170,16 @@ def markdown(results: dict, plot_path: Path, doc_path: Path) -> str:
         f"    {results['command']}", "",
         f"![photo case]({plot_path.relative_to(doc_path.parent)})", "",
         f"{results['photos']['count']} photos ({', '.join(results['photos']['sizes'])}; "
-        f"{results['photos']['mean_kib']:.0f} KiB on average), concurrency 8, "
+        f"{results['photos']['mean_kib']:.0f} KiB on average), concurrency {results['concurrency']}, "
         f"{len(results['plain']['productrec_images_per_s'])} alternating rounds; ProductRec with its best layout "
         f"({', '.join(f'{k} {v}' for k, v in results['chosen_layout'].items())}). Latency p50 / p95 / p99 in ms.", "",
         *_table(["workload", "server", "images/s, steady", "of the limit (min..max)", "whole rounds: images/s (of the limit)",
                  "p50 / p95 / p99"], _throughput_rows(results)),
-        "", "Steady: the rate while the load held all its requests in flight, from the 8th answer to the one after which "
-        "the last request went out (`LoadRound.steady_window`); whole rounds add the drain at each round's end, where "
-        "cores fall idle that a continuous load would keep busy. The limit replays its batches largest first, so that "
-        "its cores finish together. For TTA, " + (_idle(results["tta"]) or "no idle share was recorded") + ".",
-        "", "The sweep (plain path, concurrency 8, one short load each):", "",
+        "", f"Steady: the rate while the load held all its requests in flight, from answer {results['concurrency']} to the one "
+        "after which the last request went out (`LoadRound.steady_window`; the slope of images answered against time), "
+        "and the limit replaying the batches of that part, largest first; whole rounds add the drain at each round's end, "
+        "where cores fall idle that a continuous load would keep busy. For TTA, " + _idle(results["tta"]) + ".",
+        "", f"The sweep (plain path, concurrency {results['concurrency']}, one short load each):", "",
         *_table(["configuration", "images/s", "p50 / p95 / p99", "mean batch"], _sweep_rows(results)),
         "", "Preprocessing alone (in one process, CPU ms per photo, median of 5; the user's version is the peer's `user_crops`: "
         "full decode, a whole-image resize per size, numpy normalisation):", "",
