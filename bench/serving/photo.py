@@ -8,8 +8,8 @@ Measured in one run (the ratios compare figures of the same run):
   floor no libjpeg decoder goes under (decoding at 1/8 scale: the entropy decoding every scale pays);
 - ProductRec's thread layouts (decode workers x onnxruntime intra-op threads) and a LitServe 0.2.19
   sweep (``bench/litserve_peer.py``: workers x onnxruntime threads x batching, the preprocessing as a
-  LitServe user writes it), plain path, c=8;
-- then rounds alternating ProductRec (its best layout), LitServe (its best), the same LitServe
+  LitServe user writes it), plain path, c=8; then ProductRec's layouts that give the model both cores on TTA;
+- then rounds alternating ProductRec (its best layout for the workload), LitServe (its best), the same LitServe
   configuration given ProductRec's own ``decode_crops``, and the limit (raw onnxruntime on the same
   crops, at the batch sizes ProductRec formed) for the plain path, and ProductRec against the limit for TTA;
   the server not being measured is stopped (SIGSTOP) meanwhile, since an idle LitServe still polls;
@@ -43,7 +43,7 @@ from app.engine.ensemble import Ensemble
 from bench import REPO
 from bench.litserve_peer import user_crops
 from bench.preprocess_cost import decoding_cost, preprocessing_cost
-from bench.serving.cpu import IdleSampler
+from bench.serving.cpu import CpuMeter, IdleSampler
 from bench.serving.limit import Limit
 from bench.serving.load import LoadRound, batch_schedule, post_images
 from bench.serving.photos import PHOTO_SIZES, skimage_photos
@@ -54,6 +54,7 @@ CONCURRENCY = 8
 TAIL_CONCURRENCY = 64
 # ProductRec: (decode workers, intra-op threads, inference threads); the first is the default on 2 cores
 LAYOUTS = [(2, 2, 1), (1, 1, 1), (2, 1, 1), (1, 1, 2), (2, 1, 2)]
+TTA_LAYOUTS = [(2, 2, 1), (1, 1, 2), (2, 1, 2)]  # those that give the model both cores (the rest: a third slower, plain)
 PEER_SWEEP = [(workers, threads, batch) for workers in (1, 2) for threads in (1, 2) for batch in (1, 4)]
 
 
@@ -108,16 +109,27 @@ def summary(round_: LoadRound) -> dict:
             "mean_batch": float(np.mean([reply.batch_size for reply in round_.replies]))}
 
 
+def layout_name(workers: int, threads: int, batches: int) -> str:
+    return f"{workers} decode workers, {batches} inference threads x {threads} intra-op threads"
+
+
+def layout_sweep(repository: Path, photos: Sequence[bytes], requests: int, scratch: Path, layouts: Sequence[tuple[int, int, int]],
+                 tta: bool) -> dict:
+    """ProductRec's ``layouts`` (decode workers, intra-op threads, inference threads), c=8, one short load each."""
+    results = {}
+    for workers, threads, batches in layouts:
+        name = layout_name(workers, threads, batches)
+        layout = {"decode_workers": workers, "intra_op_threads": threads, "inference_threads": batches}
+        overrides = {**{key: str(value) for key, value in layout.items()}, "tta": str(tta).lower()}
+        with productrec(repository, overrides, scratch / "layout.log") as service:
+            results[name] = {**layout, **summary(load(service, photos, requests))}
+        print(f"  ProductRec{' TTA' if tta else ''} {name}: {results[name]['images_per_s']:.2f} img/s", flush=True)
+    return results
+
+
 def sweep(repository: Path, photos: Sequence[bytes], requests: int, scratch: Path) -> tuple[dict, dict]:
     """Plain path, c=8: ProductRec's layouts and LitServe's configurations, one short load each."""
-    layouts, peers = {}, {}
-    for workers, threads, batches in LAYOUTS:
-        name = f"{workers} decode workers, {batches} inference threads x {threads} intra-op threads"
-        layout = {"decode_workers": workers, "intra_op_threads": threads, "inference_threads": batches}
-        overrides = {**{key: str(value) for key, value in layout.items()}, "tta": "false"}
-        with productrec(repository, overrides, scratch / "layout.log") as service:
-            layouts[name] = {**layout, **summary(load(service, photos, requests))}
-        print(f"  ProductRec {name}: {layouts[name]['images_per_s']:.1f} img/s", flush=True)
+    layouts, peers = layout_sweep(repository, photos, requests, scratch, LAYOUTS, tta=False), {}
     for workers, threads, batch in PEER_SWEEP:
         name = f"{workers} workers x {threads} threads, batch {batch}"
         with peer(repository, workers, threads, batch, False, scratch / "peer.log") as service:
@@ -125,6 +137,12 @@ def sweep(repository: Path, photos: Sequence[bytes], requests: int, scratch: Pat
                            **summary(load(service, photos, requests, is_peer=True))}
         print(f"  LitServe {name}: {peers[name]['images_per_s']:.1f} img/s", flush=True)
     return layouts, peers
+
+
+def best_layout(layouts: dict) -> dict[str, str]:
+    """The settings of the fastest of ``layouts`` (``layout_sweep``'s results)."""
+    best = max(layouts.values(), key=lambda value: value["images_per_s"])
+    return {key: str(best[key]) for key in ("decode_workers", "intra_op_threads", "inference_threads")}
 
 
 def single_thread_ensemble(settings) -> Ensemble:
@@ -154,18 +172,23 @@ def rounds(service: Service, limit: Limit, photos: Sequence[bytes], requests: in
     """``count`` rounds of ProductRec, each peer (name -> service) and the limit, alternating.
 
     Servers are compared at their steady rate (``LoadRound.steady_window``: the load whole, its drain left out),
-    the whole round's rate kept beside it, with the machine's idle share in ProductRec's steady part and drain.
+    the whole round's rate kept beside it, with the machine's idle share in ProductRec's steady part and drain
+    and the CPU ms per image of each role (``CpuMeter``: event loop, decode workers, load generator, the rest).
     """
     peers = peers or {}
-    result: dict[str, list] = {"steady": [], "whole": [], "limit": [], "latency": [], "idle_steady": [], "idle_drain": []}
+    result: dict[str, list] = {"steady": [], "whole": [], "limit": [], "latency": [], "idle_steady": [], "idle_drain": [], "cpu": []}
+    meter = CpuMeter(service, use_py_spy=False)  # the main thread is told apart; inference threads are "other service threads"
     peer_rounds: dict[str, list[LoadRound]] = {name: [] for name in peers}
     with paused(peers.values()):
         load(service, photos, 2 * CONCURRENCY)
         limit.run([CONCURRENCY])
     for _ in range(count):
         with paused(peers.values()):
+            before = meter.snapshot()
             with IdleSampler(0.05) as idle:
                 served = post_images(service.port, photos, CONCURRENCY, requests, 300, 600)
+            roles = meter.roles(before, meter.snapshot(), served.client_cpu_s)
+            result["cpu"].append({role: seconds * 1000 / len(served.replies) for role, seconds in roles.items()})
             result["steady"].append(served.steady_images_per_s)
             result["whole"].append(served.images_per_s)
             result["latency"] += [reply.latency_s for reply in served.replies]
@@ -184,6 +207,7 @@ def rounds(service: Service, limit: Limit, photos: Sequence[bytes], requests: in
         "ratio_to_limit_whole_round": [p / q for p, q in zip(result["whole"], result["limit"])],
         "idle_share_steady": result["idle_steady"],
         "idle_share_drain": result["idle_drain"],
+        "cpu_ms_per_image": result["cpu"],
         "latency_ms": latency_ms([_Latency(s) for s in result["latency"]]),
     }
     for name, served_rounds in peer_rounds.items():  # e.g. litserve_images_per_s, ratio_to_litserve, litserve_latency_ms
@@ -238,11 +262,9 @@ def measure(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="photo-bench-") as scratch_dir:
         scratch = Path(scratch_dir)
         layouts, peers = sweep(plain_repo, photos, args.sweep_requests, scratch)
-        best_layout = max(layouts.values(), key=lambda value: value["images_per_s"])
         best_peer = max(peers.values(), key=lambda value: value["images_per_s"])
         results.update(layouts=layouts, litserve_sweep=peers)
-        layout = {key: str(best_layout[key]) for key in ("decode_workers", "intra_op_threads", "inference_threads")}
-        results["chosen_layout"] = layout
+        layout = results["chosen_layout"] = best_layout(layouts)
         settings, _ = settings_for(plain_repo, {"tta": "false", "intra_op_spinning": "false"})
         peer_options = (plain_repo, best_peer["workers"], best_peer["threads"], best_peer["max_batch_size"], False)
         with productrec(plain_repo, {**layout, "tta": "false"}, scratch / "plain.log") as service:
@@ -253,8 +275,12 @@ def measure(args: argparse.Namespace) -> dict:
             with peer(*peer_options, scratch / "peer-service.log", preprocess="service") as other:
                 results["plain_service_peer"] = rounds(service, limit, photos, args.requests, args.rounds, {"litserve": other})
             print("plain, LitServe with decode_crops:", json.dumps(results["plain_service_peer"]), flush=True)
+        # TTA's own layout: its batches are ~50x the plain path's work, and one two-thread session, which waits at
+        # every operator for its slower thread, loses more to the decode workers there (see docs/serving-benchmark.md)
+        results["tta_layouts"] = layout_sweep(tta_repo, photos, args.tta_sweep_requests, scratch, TTA_LAYOUTS, tta=True)
+        tta_layout = results["chosen_tta_layout"] = best_layout(results["tta_layouts"])
         settings, _ = settings_for(tta_repo, {"tta": "true", "intra_op_spinning": "false"})
-        with productrec(tta_repo, {**layout, "tta": "true"}, scratch / "tta.log") as service:
+        with productrec(tta_repo, {**tta_layout, "tta": "true"}, scratch / "tta.log") as service:
             limit = Limit(Ensemble.from_settings(settings), photos, settings, single_thread_ensemble(settings))
             results["tta"] = rounds(service, limit, photos, args.tta_requests, args.rounds)
         print("tta:", json.dumps(results["tta"]), flush=True)
@@ -271,6 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=160, help="plain path: images per round and server")
     parser.add_argument("--tta-requests", type=int, default=96, help="TTA: images per round")
     parser.add_argument("--sweep-requests", type=int, default=96, help="images per sweep configuration")
+    parser.add_argument("--tta-sweep-requests", type=int, default=48, help="TTA: images per layout tried")
     parser.add_argument("--tail-requests", type=int, default=1500)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-tail", action="store_true")
@@ -278,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "serving-bench")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "serving-photo.json")
     args = parser.parse_args(argv)
-    for option in ("requests", "tta_requests", "sweep_requests"):
+    for option in ("requests", "tta_requests", "sweep_requests", "tta_sweep_requests"):
         if getattr(args, option) < 3 * CONCURRENCY:  # LoadRound.steady_window
             parser.error(f"--{option.replace('_', '-')} must be at least {3 * CONCURRENCY}: a round needs a steady part")
     args.argv = list(argv if argv is not None else sys.argv[1:])
