@@ -9,12 +9,15 @@ in flight; a bomb that held the decode workers would show as a p99 of seconds. T
 
 from __future__ import annotations
 
+import gc
 import io
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -73,6 +76,22 @@ class Timed:
         return float(np.percentile(self.seconds, 99))
 
 
+@contextmanager
+def heap_frozen() -> Iterator[None]:
+    """The test process's own objects out of the garbage collector's reach for the block (``gc.freeze``).
+
+    The app runs inside pytest, whose heap holds torch and timm: a full collection of it paused the app for
+    0.2-0.36 s (measured), and a stream it fell into had a p99 of 0.41-0.51 s instead of 0.06-0.08 s. The
+    service's own process imports neither; the app's new objects are still collected as usual.
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def stream_during(
     client: TestClient, images: list[bytes], bombs: list[bytes], minimum: int = 200
 ) -> tuple[Timed, Timed]:
@@ -97,7 +116,7 @@ def stream_during(
         timed.record(client, data)
         return timed
 
-    with ThreadPoolExecutor(CONCURRENCY + len(bombs)) as threads:
+    with heap_frozen(), ThreadPoolExecutor(CONCURRENCY + len(bombs)) as threads:
         streams = [threads.submit(ordinary, offset) for offset in range(CONCURRENCY)]
         time.sleep(0.2)  # the stream is running
         for timed in threads.map(bomb, bombs):
@@ -146,12 +165,9 @@ def test_huge_valid_images_take_the_large_lane_and_ordinary_images_keep_their_la
         assert image.width * image.height < 40_000_000
     limit = p99_limit(client, normal_images)
     before = client.get("/metrics").text
-    for _ in range(2):  # once more after a stray slow pair on shared cores (seen once in CI); no lane fails both
-        normal, large = stream_during(client, normal_images, huge)
-        assert large.statuses == [200, 200], large.errors  # within their budget: 0.5 s + 0.15 s x 39.7 MP
-        assert min(large.seconds) > 0.3  # they really were slow to decode
-        if normal.p99 < limit:
-            break
+    normal, large = stream_during(client, normal_images, huge)
+    assert large.statuses == [200, 200], large.errors  # within their budget: 0.5 s + 0.15 s x 39.7 MP
+    assert min(large.seconds) > 0.3  # they really were slow to decode
     assert_kept_latency(normal, limit)
     after = client.get("/metrics").text
     assert metric(after, "productrec_decode_timeouts_total") == metric(before, "productrec_decode_timeouts_total")
