@@ -52,22 +52,21 @@ def test_the_steady_rate_leaves_out_the_drain():
     """8 requests in flight answered every 0.1 s, then the last 8 answers spread over 8 s of drain."""
     steady = [0.1 * (index + 1) for index in range(40)]
     drain = [steady[-1] + 1.0 * (index + 1) for index in range(8)]
-    replies = [Reply(0.8, 1, {}, done) for done in steady + drain]
-    round_ = LoadRound(replies, drain[-1], 0.0, concurrency=8, completions=drain + steady)
+    replies = [Reply(0.8, 1, {}, done) for done in drain + steady]  # in any order
+    round_ = LoadRound(replies, drain[-1], 0.0, concurrency=8)
     window = round_.steady_window()
     assert (window.start, window.end, len(window.answers)) == (pytest.approx(0.8), pytest.approx(4.0), 33)
     assert round_.steady_images_per_s == pytest.approx(10.0)
     assert round_.images_per_s == pytest.approx(4.0)
     assert [reply.done_at for reply in round_.steady_replies()] == steady[7:]
-    batched = LoadRound(replies * 5, 4.0, 0.0, concurrency=8, per_request=5, completions=steady)
+    batched = LoadRound([Reply(0.8, 5, {}, done) for done in steady for _ in range(5)], 4.0, 0.0, concurrency=8, per_request=5)
     assert batched.steady_images_per_s == pytest.approx(50.0)
 
 
 def test_the_steady_rate_does_not_hinge_on_bursts_at_the_window_ends():
     """A batching server answers 6 requests at once every 0.6 s (10 images/s); the window's ends cut bursts."""
     completions = [0.6 * burst + 0.001 * index for burst in range(1, 18) for index in range(6)][:96]
-    round_ = LoadRound([Reply(0.6, 6, {}, done) for done in completions], completions[-1], 0.0, concurrency=8,
-                       completions=completions)
+    round_ = LoadRound([Reply(0.6, 6, {}, done) for done in completions], completions[-1], 0.0, concurrency=8)
     window = round_.steady_window()
     span_rate = (len(window.answers) - 1) / (window.end - window.start)  # a count over the span: 10.25 here
     assert span_rate > 10.2
@@ -75,7 +74,7 @@ def test_the_steady_rate_does_not_hinge_on_bursts_at_the_window_ends():
 
 
 def test_a_round_too_short_has_no_steady_rate():
-    round_ = LoadRound([Reply(0.8, 1, {}) for _ in range(23)], 2.0, 0.0, concurrency=8, completions=[0.1 * i for i in range(23)])
+    round_ = LoadRound([Reply(0.8, 1, {}, 0.1 * i) for i in range(23)], 2.0, 0.0, concurrency=8)
     assert round_.steady_window() is None and round_.steady_replies() == round_.replies
     with pytest.raises(ValueError, match="needs 24"):
         round_.steady_images_per_s

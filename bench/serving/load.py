@@ -7,7 +7,7 @@ import json
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
@@ -38,7 +38,11 @@ class LoadRound:
     client_cpu_s: float
     concurrency: int = 1
     per_request: int = 1
-    completions: list[float] = field(default_factory=list)  # time.perf_counter() of each answer read
+
+    @property
+    def completions(self) -> list[float]:
+        """When each request's answer was read (``time.perf_counter()``): its images' replies come together."""
+        return [reply.done_at for reply in self.replies[::self.per_request]]
 
     @property
     def images_per_s(self) -> float:
@@ -123,7 +127,6 @@ def post_images(
     lock = threading.Lock()
     issued = 0
     replies: list[Reply] = []
-    completions: list[float] = []
     failures: list[str] = []
     client_cpu = [0.0] * concurrency
     deadline = time.perf_counter() + timeout_s
@@ -160,7 +163,6 @@ def post_images(
                     break
                 with lock:
                     replies.extend(Reply(latency, p["batch_size"], p["timings"], done) for p in predictions)
-                    completions.append(done)
                 for _ in predictions:
                     on_reply()
         except Exception as exc:  # noqa: BLE001 - reported below, in the main thread
@@ -180,7 +182,7 @@ def post_images(
         raise RuntimeError(f"{len(failures)} request(s) failed; first: {failures[0]}")
     if not replies:
         raise RuntimeError("no request completed within the round's time limit")
-    return LoadRound(replies, wall, sum(client_cpu), concurrency, per_request, completions)
+    return LoadRound(replies, wall, sum(client_cpu), concurrency, per_request)
 
 
 def batch_schedule(replies: Sequence[Reply]) -> list[int]:

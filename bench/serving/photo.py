@@ -191,7 +191,7 @@ def rounds(service: Service, limit: Limit, photos: Sequence[bytes], requests: in
             result["cpu"].append({role: seconds * 1000 / len(served.replies) for role, seconds in roles.items()})
             result["steady"].append(served.steady_images_per_s)
             result["whole"].append(served.images_per_s)
-            result["latency"] += [reply.latency_s for reply in served.replies]
+            result["latency"] += served.replies
             window = served.steady_window()  # there is one: main() checks the round's length
             result["idle_steady"].append(idle.share(window.start, window.end))
             result["idle_drain"].append(idle.share(window.end, max(served.completions)))
@@ -208,7 +208,7 @@ def rounds(service: Service, limit: Limit, photos: Sequence[bytes], requests: in
         "idle_share_steady": result["idle_steady"],
         "idle_share_drain": result["idle_drain"],
         "cpu_ms_per_image": result["cpu"],
-        "latency_ms": latency_ms([_Latency(s) for s in result["latency"]]),
+        "latency_ms": latency_ms(result["latency"]),
     }
     for name, served_rounds in peer_rounds.items():  # e.g. litserve_images_per_s, ratio_to_litserve, litserve_latency_ms
         point[f"{name}_images_per_s"] = [round_.steady_images_per_s for round_ in served_rounds]
